@@ -1,0 +1,611 @@
+"""Per-run training state, updated from chunks of log text.
+
+A run is everything one log source tells about one training job: the solver's loss and learning rate,
+the newest value of every per-layer blob, counters of what was read, and the first non-finite value.
+State is plain data (no file handles, no locks, no clock) so it can be checkpointed with
+`to_dict()` / `from_dict()` and rebuilt by a restarted exporter.
+
+Attribution rules (from the Caffe sources, see docs/log-format.md):
+* debug lines before `Iteration N ..., loss = ...` belong to display iteration N;
+* `[Forward]` lines after `Iteration N, Testing net (#k)` and before its first `Test net output` belong to
+  phase `test`;
+* each glog thread id has its own phase and open block, for old multi-GPU builds whose solver threads
+  interleave their lines in one file.
+"""
+
+from __future__ import annotations
+
+import calendar
+import math
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+from exporter.events import (
+    ChildBlob,
+    DisplayIteration,
+    Event,
+    GlogHeader,
+    GlogPrefix,
+    LayerBlob,
+    LayerHeader,
+    LearningRate,
+    NetInitStart,
+    NetNorms,
+    NetOutput,
+    OptimizationDone,
+    ParsedLine,
+    Restore,
+    Snapshot,
+    Solving,
+    TestingNet,
+    TestLoss,
+    UpdateValue,
+)
+from exporter.parse import (
+    PREFIX_AT_LINE_START,
+    SCAN,
+    is_dump_line,
+    layer_key,
+    line_at,
+    parse_line,
+    parse_net_dump,
+    prefix_from_match,
+    split_key,
+    split_update_key,
+)
+from exporter.tail import Chunk
+
+Value = str | float  # the fast path stores the number as printed; float() reads both
+PHASES = ("train", "test")
+_DEBUG_TID = re.compile(r" (\d+) net\.cpp:\d+\]")
+_GLOG_NAME_DATE = re.compile(r"\.(\d{4})(\d\d)(\d\d)-\d{6}\.\d+$")
+
+
+def is_finite(v: Value) -> bool:
+    return math.isfinite(float(v))
+
+
+class NonfiniteValue(NamedTuple):
+    """One NaN/Inf value in the log, with where it was read (for the report and the first-origin metric)."""
+
+    iteration: int | None  # display iteration (train) or test iteration; None until the block closes
+    phase: str
+    block: int  # index of the Forward/Backward pass inside the iteration (iter_size > 1 repeats it)
+    stage: str  # forward | backward | update | net | loss
+    layer: str
+    blob: str
+    kind: str  # data | diff
+    value: str
+    line: int
+    path: str
+
+
+@dataclass(slots=True)
+class Block:
+    """What observers (the anomaly detectors) see at each display line of the training net."""
+
+    run: RunState
+    iteration: int
+    loss: float
+    debug_lines: int  # per-layer lines since the previous display line (0: no debug_info block)
+    passes: int  # Forward/Backward passes in the block (iter_size)
+    line: int  # line number of the display line
+    path: str
+    nonfinite: list[NonfiniteValue]
+
+
+class BlockObserver(Protocol):
+    def observe(self, block: Block) -> None: ...
+
+
+@dataclass
+class SourceClock:
+    """Turns glog prefixes into Unix time: old glog prints no year, so it is inferred and carried over."""
+
+    year: int
+    last_month: int = 0
+    utc: bool = False
+
+    def unix(self, p: GlogPrefix) -> float:
+        if p.year is not None:
+            year = p.year
+        else:
+            if self.last_month and p.month < self.last_month - 6:  # December -> January
+                self.year += 1
+            year = self.year
+        self.last_month = p.month
+        tt = (year, p.month, p.day, 0, 0, 0, 0, 0, -1)
+        midnight = calendar.timegm(tt) if self.utc else time.mktime(tt)
+        return midnight + p.seconds_of_day
+
+
+@dataclass
+class ThreadState:
+    phase: str = "train"
+    test_net: str = "0"
+    test_iteration: int = 0
+    nv_stage: str = "forward"  # NVCaffe 0.16 header lines name the layer of the lines below
+    nv_layer: str = ""
+    block_lines: int = 0
+    passes: int = 0
+    last_display: int | None = None
+    outputs_seen: set[str] = field(default_factory=set)
+    pending: list[NonfiniteValue] = field(default_factory=list)
+
+
+def _tuple_items(d: Mapping[Any, Any]) -> list[list[Any]]:
+    return [[*k, v] if isinstance(k, tuple) else [k, v] for k, v in d.items()]
+
+
+def _num(v: Value) -> float | str:
+    f = float(v)
+    return f if math.isfinite(f) else repr(f)  # JSON has no NaN; "nan"/"inf"/"-inf" read back by float()
+
+
+@dataclass
+class RunState:
+    run: str
+    labels: dict[str, str] = field(default_factory=dict)
+    sources: list[str] = field(default_factory=list)
+    net: str = ""
+    layer_types: dict[str, str] = field(default_factory=dict)
+    # Newest per-layer values by key as Caffe prints it ("conv1, top blob conv1", "ip1, param blob 0";
+    # `parse.split_key` takes keys apart). Forward data per phase; Backward diffs exist only in train.
+    # Insertion order is log order, so the first Forward block gives the net's layer order.
+    forward: dict[str, dict[str, Value]] = field(default_factory=lambda: {p: {} for p in PHASES})
+    backward: dict[str, Value] = field(default_factory=dict)
+    update_data: dict[str, Value] = field(default_factory=dict)  # key "conv1, param 0"
+    update_diff: dict[str, Value] = field(default_factory=dict)
+    norms: tuple[float, float, float, float] | None = None
+    # solver
+    iteration: int | None = None
+    loss: float | None = None
+    lr: float | None = None
+    speed: float | None = None
+    train_outputs: dict[str, float] = field(default_factory=dict)
+    test_outputs: dict[tuple[str, str], float] = field(default_factory=dict)
+    test_loss: dict[str, float] = field(default_factory=dict)
+    test_iteration: dict[str, int] = field(default_factory=dict)
+    finished: bool = False
+    last_timestamp: float | None = None
+    last_snapshot_iteration: int | None = None
+    # counters
+    display_iterations: int = 0
+    debug_lines: Counter[tuple[str, str]] = field(default_factory=Counter)
+    nonfinite: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
+    loss_nonfinite: int = 0
+    solver_starts: int = 0
+    snapshots: int = 0
+    # first non-finite value of any kind (the net-wide norm often overflows first) and per-layer
+    first_nonfinite: NonfiniteValue | None = None
+    first_nonfinite_layer: NonfiniteValue | None = None
+    threads: dict[str, ThreadState] = field(default_factory=dict)
+    clocks: dict[str, SourceClock] = field(default_factory=dict)
+    dump: list[str] | None = None  # lines of an open `Initializing net from parameters` dump
+    prev_display: tuple[int, float] | None = None  # (iteration, time) for speed from timestamps
+    observers: list[BlockObserver] = field(default_factory=list, repr=False, compare=False)
+
+    # -- reading -------------------------------------------------------------------------------------
+
+    def feed(self, chunk: Chunk) -> int:
+        """Apply a chunk of complete lines; returns how many lines carried Caffe state (the rest skipped)."""
+        text = chunk.text
+        path = chunk.path
+        if path not in self.sources:
+            self.sources.append(path)
+        clock = self.clocks.get(path)
+        if clock is None or chunk.file_start:
+            clock = self.clocks[path] = _clock_for(path, chunk.mtime)
+        pos = 0
+        line_no = chunk.first_line
+        counted = 0  # text position up to which newlines are counted into line_no
+        parsed = 0
+        if self.dump is not None:
+            pos = self._consume_dump(text, 0)
+        tid = self._debug_tid(text)
+        fast = tid is not None
+        th = self.thread(tid or "")
+        fwd, bwd = self.forward[th.phase], self.backward
+        udata, udiff = self.update_data, self.update_diff
+        nfwd = nbwd = nupd = 0
+        done_to = -1
+        while pos >= 0:
+            resume = -1
+            for m in SCAN.finditer(text, pos):
+                li = m.lastindex
+                if li == 2 and fast:
+                    key, v = m.group(1, 2)
+                    fwd[key] = v
+                    nfwd += 1
+                    continue
+                if li == 4 and fast:
+                    key, v = m.group(3, 4)
+                    bwd[key] = v
+                    nbwd += 1
+                    continue
+                if li == 7 and fast:
+                    key, v, g = m.group(5, 6, 7)
+                    udata[key] = v
+                    udiff[key] = g
+                    nupd += 1
+                    continue
+                start, end = line_at(text, m.start())
+                if start <= done_to:
+                    continue  # a second keyword on a line already handled
+                done_to = end
+                if nfwd or nbwd or nupd:
+                    self._count_debug(th, nfwd, nbwd, nupd)
+                    parsed += nfwd + nbwd + nupd
+                    nfwd = nbwd = nupd = 0
+                line_no += text.count("\n", counted, start)
+                counted = start
+                pl = parse_line(text[start:end])
+                if pl is None:
+                    continue
+                parsed += 1
+                th = self._apply(pl, tid, clock, line_no, path)
+                if self.dump is not None:
+                    resume = self._consume_dump(text, end + 1)
+                    break
+                fwd = self.forward[th.phase]
+            else:
+                break
+            pos = resume
+        if nfwd or nbwd or nupd:
+            self._count_debug(th, nfwd, nbwd, nupd)
+            parsed += nfwd + nbwd + nupd
+        self._stamp(text, clock)
+        return parsed
+
+    def thread(self, tid: str) -> ThreadState:
+        th = self.threads.get(tid)
+        if th is None:
+            th = self.threads[tid] = ThreadState()
+        return th
+
+    @staticmethod
+    def _debug_tid(text: str) -> str | None:
+        """The one thread id printing debug lines in this chunk, "" if unprefixed, None if several."""
+        m = _DEBUG_TID.search(text)
+        if m is None:
+            return ""
+        if text.count("net.cpp:") != text.count(f" {m[1]} net.cpp:"):
+            return None
+        return m[1]
+
+    def _count_debug(self, th: ThreadState, nfwd: int, nbwd: int, nupd: int) -> None:
+        if nfwd:
+            self.debug_lines[th.phase, "forward"] += nfwd
+        if nbwd:
+            self.debug_lines[th.phase, "backward"] += nbwd
+        if nupd:
+            self.debug_lines[th.phase, "update"] += nupd
+        th.block_lines += nfwd + nbwd
+
+    def _stamp(self, text: str, clock: SourceClock) -> None:
+        last = None
+        for last in PREFIX_AT_LINE_START.finditer(text, max(0, len(text) - 4096)):
+            pass
+        if last is None and len(text) > 4096:
+            for last in PREFIX_AT_LINE_START.finditer(text):
+                pass
+        if last is not None:
+            self.last_timestamp = clock.unix(prefix_from_match(last))
+
+    def _consume_dump(self, text: str, pos: int) -> int:
+        """Collect protobuf dump lines from pos; returns where scanning resumes (-1: chunk used up)."""
+        assert self.dump is not None
+        n = len(text)
+        while pos < n:
+            end = text.find("\n", pos)
+            end = n if end < 0 else end
+            line = text[pos:end]
+            if not is_dump_line(line):
+                self._close_dump()
+                return pos
+            self.dump.append(line)
+            pos = end + 1
+        return -1
+
+    def _close_dump(self) -> None:
+        assert self.dump is not None
+        net = parse_net_dump(self.dump)
+        self.dump = None
+        if net.name and not self.net:
+            self.net = net.name
+        for name, typ in net.layers:
+            self.layer_types.setdefault(name, typ)
+
+    # -- events ------------------------------------------------------------------------------------
+
+    def apply_line(self, line: str, line_no: int = 0, path: str = "") -> None:
+        """Apply one line (the slow path on its own; used by tests and tools)."""
+        self.feed(Chunk(path=path, text=line.rstrip("\n") + "\n", first_line=line_no or 1,
+                        file_start=False, mtime=0.0))
+
+    def _apply(self, pl: ParsedLine, chunk_tid: str | None, clock: SourceClock, line_no: int,
+               path: str) -> ThreadState:
+        ev: Event = pl.event
+        p = pl.prefix
+        th = self.thread(p.tid if p is not None else (chunk_tid or ""))
+        if isinstance(ev, LayerBlob):
+            self._layer_value(th, ev.stage, ev.layer, ev.role, ev.blob, ev.value, line_no, path)
+        elif isinstance(ev, ChildBlob):
+            self._layer_value(th, th.nv_stage, th.nv_layer, ev.role, ev.blob, ev.value, line_no, path)
+        elif isinstance(ev, LayerHeader):
+            th.nv_stage, th.nv_layer = ev.stage, ev.layer
+        elif isinstance(ev, NetNorms):
+            self.norms = (ev.l1_data, ev.l1_diff, ev.l2_data, ev.l2_diff)
+            self.debug_lines[th.phase, "net"] += 1
+            for blob, v in zip(("l1_data", "l1_diff", "l2_data", "l2_diff"), self.norms, strict=True):
+                if not math.isfinite(v):
+                    self._nonfinite(th, "net", "", blob, blob[3:], v, line_no, path)
+            th.passes += 1
+        elif isinstance(ev, UpdateValue):
+            self.debug_lines[th.phase, "update"] += 1
+            key = f"{ev.layer}, param {ev.param}"
+            if ev.data is not None:
+                self.update_data[key] = ev.data
+                if not math.isfinite(ev.data):
+                    self._nonfinite(th, "update", ev.layer, ev.param, "data", ev.data, line_no, path)
+            self.update_diff[key] = ev.diff
+            if not math.isfinite(ev.diff):
+                self._nonfinite(th, "update", ev.layer, ev.param, "diff", ev.diff, line_no, path)
+        elif isinstance(ev, DisplayIteration):
+            self._display(th, ev, p, clock, line_no, path)
+        elif isinstance(ev, NetOutput):
+            self._output(th, ev, line_no, path)
+        elif isinstance(ev, LearningRate):
+            self.lr = ev.lr
+            self.iteration = ev.iteration
+        elif isinstance(ev, TestingNet):
+            th.phase, th.test_net, th.test_iteration = "test", ev.net, ev.iteration
+            th.outputs_seen.clear()
+            self.test_iteration[ev.net] = ev.iteration
+            self.iteration = ev.iteration
+        elif isinstance(ev, TestLoss):
+            self.test_loss[th.test_net] = ev.value
+        elif isinstance(ev, Snapshot):
+            if not ev.path.endswith((".solverstate", ".solverstate.h5")):
+                self.snapshots += 1
+                if ev.iteration is not None:
+                    self.last_snapshot_iteration = ev.iteration
+        elif isinstance(ev, Solving):
+            self.solver_starts += 1
+            self.finished = False
+            self.net = self.net or ev.net
+            th.phase = "train"
+        elif isinstance(ev, Restore):
+            self.finished = False
+        elif isinstance(ev, OptimizationDone):
+            self.finished = True
+        elif isinstance(ev, NetInitStart):
+            self.dump = []
+        elif isinstance(ev, GlogHeader):
+            clock.year, clock.utc, clock.last_month = ev.year, ev.utc, ev.month
+        return th
+
+    def _layer_value(self, th: ThreadState, stage: str, layer: str, role: str, blob: str, v: float,
+                     line_no: int, path: str) -> None:
+        phase = th.phase
+        if role == "input":  # `[Forward] Input B data: v` (2015-2016): the net's input blobs
+            layer, role = "input", "top"
+        key = layer_key(layer, role, blob)
+        if stage == "forward":
+            self.forward[phase][key] = v
+            kind = "data"
+        else:
+            self.backward[key] = v
+            kind = "diff"
+        self.debug_lines[phase, stage] += 1
+        th.block_lines += 1
+        if not math.isfinite(v):
+            self._nonfinite(th, stage, layer, blob, kind, v, line_no, path)
+
+    def _nonfinite(self, th: ThreadState, stage: str, layer: str, blob: str, kind: str, v: float,
+                   line_no: int, path: str) -> None:
+        self.nonfinite[th.phase, stage, layer, blob] += 1
+        if th.phase == "test":
+            iteration: int | None = th.test_iteration
+        elif stage == "update":  # [Update] lines follow the display line they belong to
+            iteration = th.last_display
+        else:
+            iteration = None
+        nv = NonfiniteValue(iteration, th.phase, th.passes, stage, layer, blob, kind, _spelling(v), line_no,
+                            path)
+        if th.phase == "train":
+            th.pending.append(nv)
+        if iteration is not None:
+            self._origin(nv)
+
+    def _origin(self, nv: NonfiniteValue) -> None:
+        if self.first_nonfinite is None:
+            self.first_nonfinite = nv
+        if nv.layer and self.first_nonfinite_layer is None:
+            self.first_nonfinite_layer = nv
+
+    def _display(self, th: ThreadState, ev: DisplayIteration, p: GlogPrefix | None, clock: SourceClock,
+                 line_no: int, path: str) -> None:
+        self.iteration = ev.iteration
+        self.loss = ev.loss
+        self.display_iterations += 1
+        now = clock.unix(p) if p is not None else None
+        if ev.iters_per_second is not None:
+            self.speed = ev.iters_per_second
+        elif now is not None and self.prev_display is not None:
+            it0, t0 = self.prev_display
+            if now > t0 and ev.iteration > it0:
+                self.speed = (ev.iteration - it0) / (now - t0)
+        if now is not None:
+            self.prev_display = (ev.iteration, now)
+        if not math.isfinite(ev.loss):
+            self.loss_nonfinite += 1
+            self.nonfinite["train", "loss", "", "loss"] += 1
+        pending = []
+        for nv in th.pending:
+            nv = nv._replace(iteration=ev.iteration) if nv.iteration is None else nv
+            self._origin(nv)
+            pending.append(nv)
+        block = Block(self, ev.iteration, ev.loss, th.block_lines, th.passes, line_no, path, pending)
+        th.phase = "train"
+        th.block_lines = th.passes = 0
+        th.pending = []
+        th.outputs_seen.clear()
+        th.last_display = ev.iteration
+        for obs in self.observers:
+            obs.observe(block)
+
+    def _output(self, th: ThreadState, ev: NetOutput, line_no: int, path: str) -> None:
+        name = ev.name
+        if name in th.outputs_seen:  # a multi-element output prints one line per element
+            name = f"{name}#{ev.index}"
+        th.outputs_seen.add(ev.name)
+        if ev.phase == "train":
+            self.train_outputs[name] = ev.value
+        else:
+            if th.phase == "test":  # the test net's forward lines end with its first output
+                th.phase = "train"
+            self.test_outputs[th.test_net, name] = ev.value
+        if not math.isfinite(ev.value):
+            self.nonfinite[ev.phase, "loss", "", name] += 1
+
+    # -- derived -----------------------------------------------------------------------------------
+
+    def blobs(self, phase: str, stage: str) -> Iterator[tuple[str, str, str, Value]]:
+        """(layer, role, blob, value) of the newest values; stage forward (per phase) or backward."""
+        values = self.forward[phase] if stage == "forward" else self.backward
+        for key, v in values.items():
+            parts = split_key(key)
+            if parts is not None:
+                yield parts[0], parts[1], parts[2], v
+
+    def updates(self) -> Iterator[tuple[str, str, Value | None, Value]]:
+        """(layer, param, data, diff) of the newest `[Update]` lines."""
+        for key, g in self.update_diff.items():
+            parts = split_update_key(key)
+            if parts is not None:
+                yield parts[0], parts[1], self.update_data.get(key), g
+
+    def layer_order(self, phase: str) -> list[str]:
+        """Layers in forward order (first appearance in the phase's `[Forward]` lines)."""
+        seen: dict[str, None] = {}
+        for layer, _, _, _ in self.blobs(phase, "forward"):
+            seen.setdefault(layer, None)
+        if phase == "train":  # layers that only show up in Backward go last
+            for layer, _, _, _ in self.blobs(phase, "backward"):
+                seen.setdefault(layer, None)
+        return list(seen)
+
+    # -- checkpointing -----------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready state (observers excluded: they are rebuilt from configuration)."""
+        def vals(d: Mapping[str, Value]) -> list[list[Any]]:
+            return [[k, _num(v)] for k, v in d.items()]
+
+        def nv(x: NonfiniteValue | None) -> list[Any] | None:
+            return None if x is None else list(x)
+
+        return {
+            "run": self.run, "labels": self.labels, "sources": self.sources, "net": self.net,
+            "layer_types": self.layer_types,
+            "forward": {p: vals(d) for p, d in self.forward.items()}, "backward": vals(self.backward),
+            "update_data": vals(self.update_data), "update_diff": vals(self.update_diff),
+            "norms": None if self.norms is None else [_num(v) for v in self.norms],
+            "iteration": self.iteration, "loss": None if self.loss is None else _num(self.loss),
+            "lr": self.lr, "speed": self.speed,
+            "train_outputs": {k: _num(v) for k, v in self.train_outputs.items()},
+            "test_outputs": [[n, o, _num(v)] for (n, o), v in self.test_outputs.items()],
+            "test_loss": {k: _num(v) for k, v in self.test_loss.items()},
+            "test_iteration": self.test_iteration, "finished": self.finished,
+            "last_timestamp": self.last_timestamp, "last_snapshot_iteration": self.last_snapshot_iteration,
+            "display_iterations": self.display_iterations,
+            "debug_lines": _tuple_items(self.debug_lines), "nonfinite": _tuple_items(self.nonfinite),
+            "loss_nonfinite": self.loss_nonfinite, "solver_starts": self.solver_starts,
+            "snapshots": self.snapshots,
+            "first_nonfinite": nv(self.first_nonfinite), "first_nonfinite_layer": nv(self.first_nonfinite_layer),
+            "threads": {t: {"phase": s.phase, "test_net": s.test_net, "test_iteration": s.test_iteration,
+                            "nv_stage": s.nv_stage, "nv_layer": s.nv_layer, "block_lines": s.block_lines,
+                            "passes": s.passes, "last_display": s.last_display,
+                            "outputs_seen": sorted(s.outputs_seen), "pending": [list(x) for x in s.pending]}
+                        for t, s in self.threads.items()},
+            "clocks": {k: [c.year, c.last_month, c.utc] for k, c in self.clocks.items()},
+            "dump": self.dump, "prev_display": None if self.prev_display is None else list(self.prev_display),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RunState:
+        def vals(rows: Iterable[list[Any]]) -> dict[str, Value]:
+            return {k: float(v) for k, v in rows}
+
+        def nv(x: list[Any] | None) -> NonfiniteValue | None:
+            return None if x is None else NonfiniteValue(*x)
+
+        def opt(v: Any) -> float | None:
+            return None if v is None else float(v)
+
+        st = cls(run=d["run"], labels=dict(d["labels"]), sources=list(d["sources"]), net=d["net"],
+                 layer_types=dict(d["layer_types"]))
+        st.forward = {p: vals(r) for p, r in d["forward"].items()}
+        st.backward = vals(d["backward"])
+        st.update_data, st.update_diff = vals(d["update_data"]), vals(d["update_diff"])
+        n = d["norms"]
+        st.norms = None if n is None else (float(n[0]), float(n[1]), float(n[2]), float(n[3]))
+        st.iteration, st.loss, st.lr, st.speed = d["iteration"], opt(d["loss"]), d["lr"], d["speed"]
+        st.train_outputs = {k: float(v) for k, v in d["train_outputs"].items()}
+        st.test_outputs = {(a, b): float(v) for a, b, v in d["test_outputs"]}
+        st.test_loss = {k: float(v) for k, v in d["test_loss"].items()}
+        st.test_iteration = dict(d["test_iteration"])
+        st.finished, st.last_timestamp = d["finished"], d["last_timestamp"]
+        st.last_snapshot_iteration, st.display_iterations = d["last_snapshot_iteration"], d["display_iterations"]
+        st.debug_lines = Counter({(a, b): c for a, b, c in d["debug_lines"]})
+        st.nonfinite = Counter({(a, b, c, e): n for a, b, c, e, n in d["nonfinite"]})
+        st.loss_nonfinite, st.solver_starts, st.snapshots = d["loss_nonfinite"], d["solver_starts"], d["snapshots"]
+        st.first_nonfinite, st.first_nonfinite_layer = nv(d["first_nonfinite"]), nv(d["first_nonfinite_layer"])
+        for t, s in d["threads"].items():
+            st.threads[t] = ThreadState(s["phase"], s["test_net"], s["test_iteration"], s["nv_stage"],
+                                        s["nv_layer"], s["block_lines"], s["passes"], s["last_display"],
+                                        set(s["outputs_seen"]), [NonfiniteValue(*x) for x in s["pending"]])
+        st.clocks = {k: SourceClock(y, m, u) for k, (y, m, u) in d["clocks"].items()}
+        st.dump = d["dump"]
+        pd = d["prev_display"]
+        st.prev_display = None if pd is None else (int(pd[0]), float(pd[1]))
+        return st
+
+
+def _spelling(v: float) -> str:
+    return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+
+
+def _clock_for(path: str, mtime: float) -> SourceClock:
+    """Year of a classic glog prefix: glog's file name, else the file's time (refined by the header)."""
+    m = _GLOG_NAME_DATE.search(path)
+    if m:
+        return SourceClock(int(m[1]), int(m[2]))
+    t = time.localtime(mtime if mtime > 0 else None)
+    return SourceClock(t.tm_year, 0)
+
+
+@dataclass
+class RunRegistry:
+    """All runs of this exporter, keyed by run name; routes each chunk to its run."""
+
+    identify: Callable[[str], tuple[str, dict[str, str]]]
+    make_observers: Callable[[RunState], list[BlockObserver]] = lambda run: []
+    runs: dict[str, RunState] = field(default_factory=dict)
+    _by_path: dict[str, RunState] = field(default_factory=dict)
+
+    def feed(self, chunk: Chunk) -> int:
+        run = self._by_path.get(chunk.path)
+        if run is None:
+            name, labels = self.identify(chunk.path)
+            run = self.runs.get(name)
+            if run is None:
+                run = self.runs[name] = RunState(run=name, labels=labels)
+                run.observers = self.make_observers(run)
+            self._by_path[chunk.path] = run
+        return run.feed(chunk)
