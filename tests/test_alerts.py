@@ -34,6 +34,7 @@ RUNBOOKS = REPO / "docs" / "runbooks.md"
 
 RUNBOOK_BASE = "https://github.com/caffe-exporter/caffe-exporter/blob/main/docs/runbooks.md#"
 DASHBOARD_BASE = "https://grafana.example.com/d/caffe-run-detail/caffe-run-detail"
+HEALTH_DASHBOARD_BASE = "https://grafana.example.com/d/caffe-exporter-health/caffe-exporter-health"
 CAMEL_CASE = re.compile(r"^(?:[A-Z][a-z0-9]+)+$")
 TIMEOUT = 60
 
@@ -149,9 +150,13 @@ def test_alert_shape(alertname: str) -> None:
     assert "layer" in description.lower(), f"{alertname}: description must name the layer (or say n/a)"
     assert "$value" in description or "| value" in description, f"{alertname}: description must show a value"
     assert annotations["runbook_url"] == RUNBOOK_BASE + alertname.lower()
-    assert annotations["dashboard_url"].startswith(DASHBOARD_BASE)
     if "$labels.run" in description:
+        # a run's alert links the run-detail dashboard of that run
         assert annotations["dashboard_url"] == DASHBOARD_BASE + "?var-run={{ $labels.run | urlquery }}"
+    else:
+        # the exporter's own alerts link the exporter-health dashboard
+        assert alertname.startswith("CaffeExporter"), alertname
+        assert annotations["dashboard_url"].startswith(HEALTH_DASHBOARD_BASE + "?var-job=")
 
 
 @pytest.mark.parametrize("alertname", ALERT_NAMES)
