@@ -87,7 +87,7 @@ class NetOutput(NamedTuple):
     """`Train net output #i: name = v (* w = x loss)` or `Test net output #i: ...`."""
 
     phase: Phase
-    index: int
+    number: int  # the `#i` (multi-element outputs print one line per element)
     name: str
     value: float
 

@@ -150,7 +150,7 @@ def parse_message(msg: str) -> Event | None:
         return None
 
 
-def _parse_body(body: str) -> Event | None:  # noqa: PLR0911, PLR0912 - one branch per line shape
+def _parse_body(body: str) -> Event | None:
     head = body[:2]
     if head == "[F" or head == "[B":
         if m := _LAYER_BLOB.fullmatch(body):

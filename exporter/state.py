@@ -288,11 +288,11 @@ class RunState:
 
     def _stamp(self, text: str, clock: SourceClock) -> None:
         last = None
-        for last in PREFIX_AT_LINE_START.finditer(text, max(0, len(text) - 4096)):
-            pass
-        if last is None and len(text) > 4096:
-            for last in PREFIX_AT_LINE_START.finditer(text):
-                pass
+        for m in PREFIX_AT_LINE_START.finditer(text, max(0, len(text) - 4096)):
+            last = m
+        if last is None and len(text) > 4096:  # a long unprefixed tail (a protobuf dump)
+            for m in PREFIX_AT_LINE_START.finditer(text):
+                last = m
         if last is not None:
             self.last_timestamp = clock.unix(prefix_from_match(last))
 
@@ -462,7 +462,7 @@ class RunState:
     def _output(self, th: ThreadState, ev: NetOutput, line_no: int, path: str) -> None:
         name = ev.name
         if name in th.outputs_seen:  # a multi-element output prints one line per element
-            name = f"{name}#{ev.index}"
+            name = f"{name}#{ev.number}"
         th.outputs_seen.add(ev.name)
         if ev.phase == "train":
             self.train_outputs[name] = ev.value

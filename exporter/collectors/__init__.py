@@ -1,0 +1,1 @@
+"""Collectors: one per concern, each turning state into fresh metric families on every scrape."""

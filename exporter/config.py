@@ -1,0 +1,135 @@
+"""The YAML configuration: every key has a default, every error names the file, the key and the expectation.
+
+See docs/configuration.md for the keys. Command-line flags override the file.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import yaml
+
+from exporter.identity import SourceRule, check_label_name
+
+DEFAULT_LISTEN = "0.0.0.0:10052"
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, worded for the person who wrote the file."""
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: str = DEFAULT_LISTEN
+    sources: tuple[SourceRule, ...] = (SourceRule("."),)
+    start_at: str = "beginning"  # or "end": skip the history of files that exist at start
+    poll: bool = False  # stat-polling instead of inotify (NFS and other network filesystems)
+    poll_interval: float = 1.0  # seconds between safety-net polls (and between polls with poll: true)
+    max_line_bytes: int = 1 << 20
+    read_bytes: int = 4 << 20
+    max_series_per_run: int = 20000
+    detectors: Mapping[str, Any] = field(default_factory=dict)  # validated by exporter.detect
+
+
+def parse_listen(value: str, where: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{where}: expected HOST:PORT (e.g. 0.0.0.0:10052 or :10052), got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _get(d: Mapping[str, Any], key: str, where: str, check: Callable[[Any], bool], expected: str,
+         default: T) -> T:
+    if key not in d:
+        return default
+    v = d[key]
+    if not check(v):
+        raise ConfigError(f"{where}.{key}: expected {expected}, got {v!r}".lstrip("."))
+    return v  # type: ignore[no-any-return]
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _source(item: Any, where: str) -> SourceRule:
+    if isinstance(item, str):
+        item = {"path": item}
+    if not isinstance(item, dict):
+        raise ConfigError(f"{where}: expected a path or a mapping with 'path', got {item!r}")
+    unknown = set(item) - {"path", "run_regex", "labels"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; expected path, run_regex, labels")
+    path = _get(item, "path", where, lambda v: isinstance(v, str) and v != "", "a non-empty string", "")
+    if not path:
+        raise ConfigError(f"{where}.path: missing (a file, glob, directory or '-')")
+    pattern = _get(item, "run_regex", where, lambda v: isinstance(v, str), "a regular expression string", "")
+    regex = None
+    if pattern:
+        try:
+            regex = re.compile(pattern)
+        except re.error as e:
+            raise ConfigError(f"{where}.run_regex: invalid regular expression: {e}") from None
+        for name in regex.groupindex:
+            try:
+                check_label_name(name, f"{where}.run_regex group")
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+    labels: dict[str, Any] = _get(item, "labels", where, lambda v: isinstance(v, dict), "a mapping of label: value", {})
+    for k, v in labels.items():
+        try:
+            check_label_name(str(k), f"{where}.labels")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if not isinstance(v, str | int | float) or isinstance(v, bool):
+            raise ConfigError(f"{where}.labels.{k}: expected a string, got {v!r}")
+    return SourceRule(path, regex, {str(k): str(v) for k, v in labels.items()})
+
+
+def from_mapping(data: Any, where: str) -> Config:
+    """Validate a parsed YAML document; `where` (the file name) prefixes every error."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of settings at the top level, got {type(data).__name__}")
+    known = {"listen", "sources", "start_at", "poll", "poll_interval", "max_line_bytes", "read_bytes", "limits",
+             "detectors"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
+    w = where + ":"
+    listen = _get(data, "listen", w, lambda v: isinstance(v, str), "HOST:PORT", DEFAULT_LISTEN)
+    parse_listen(listen, f"{where}: listen")
+    raw_sources = _get(data, "sources", w, lambda v: isinstance(v, list) and len(v) > 0,
+                       "a non-empty list of sources", None)
+    sources = (SourceRule("."),) if raw_sources is None else tuple(
+        _source(item, f"{where}: sources[{i}]") for i, item in enumerate(raw_sources))
+    start_at = _get(data, "start_at", w, lambda v: v in ("beginning", "end"), "'beginning' or 'end'", "beginning")
+    poll = _get(data, "poll", w, lambda v: isinstance(v, bool), "true or false", False)
+    interval = _get(data, "poll_interval", w, lambda v: isinstance(v, int | float) and not isinstance(v, bool)
+                    and 0 < v <= 3600, "a number of seconds in (0, 3600]", 1.0)
+    max_line = _get(data, "max_line_bytes", w, lambda v: _is_int(v) and v >= 1024, "an integer >= 1024", 1 << 20)
+    read_bytes = _get(data, "read_bytes", w, lambda v: _is_int(v) and v >= 4096, "an integer >= 4096", 4 << 20)
+    limits: dict[str, Any] = _get(data, "limits", w, lambda v: isinstance(v, dict), "a mapping", {})
+    unknown = sorted(set(limits) - {"max_series_per_run"})
+    if unknown:
+        raise ConfigError(f"{where}: limits: unknown key(s) {unknown}; known: ['max_series_per_run']")
+    max_series = _get(limits, "max_series_per_run", f"{where}: limits", lambda v: _is_int(v) and v > 0,
+                      "a positive integer", 20000)
+    detectors: dict[str, Any] = _get(data, "detectors", w, lambda v: isinstance(v, dict), "a mapping", {})
+    return Config(listen, sources, start_at, poll, float(interval), max_line, read_bytes, max_series, detectors)
+
+
+def load(path: str) -> Config:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read configuration: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return from_mapping(data, path)
