@@ -42,8 +42,7 @@ BY_RUN = "job, instance, run"
 TRAIN = 'phase="train"'
 
 MEAN_ABS = (
-    "Per-layer values are Caffe's debug_info numbers: the mean absolute value of the blob (asum/count), "
-    "not an L2 norm."
+    "Per-layer values are Caffe's debug_info numbers: the mean absolute value of the blob (asum/count), not an L2 norm."
 )
 HEATMAP_NOTE = (
     " Rows are the net's layers in forward order (input at the top, loss at the bottom), labelled "
@@ -524,9 +523,7 @@ def overview() -> Json:
     ]
     runs_table = table(
         "All runs",
-        "One row per run. "
-        + STATE_DESC
-        + " Iteration: newest 'Iteration N' printed; Loss: smoothed loss of the "
+        "One row per run. " + STATE_DESC + " Iteration: newest 'Iteration N' printed; Loss: smoothed loss of the "
         "newest display line; Learning rate: newest 'lr ='; Iterations/s: solver speed; Test output: newest "
         "'Test net output' named by the 'Test output' variable (max over test nets); Anomaly iterations: "
         "display "
@@ -545,9 +542,7 @@ def overview() -> Json:
                         **{name: i + 1 for i, (name, _) in enumerate(columns)},
                         "instance": len(columns) + 1,
                     },
-                    "renameByName": {
-                        f"Value #{chr(ord('A') + i)}": name for i, (name, _) in enumerate(columns)
-                    },
+                    "renameByName": {f"Value #{chr(ord('A') + i)}": name for i, (name, _) in enumerate(columns)},
                 },
             },
         ],
@@ -691,9 +686,7 @@ def run_detail() -> Json:
             "First non-finite origin",
             "Where the first per-layer NaN/Inf appeared (caffe_first_nonfinite_info): phase, pass (stage), "
             "layer, blob and the value printed. " + MEAN_ABS + " " + nonfinite,
-            targets(
-                (sel("caffe_first_nonfinite_info"), "{{phase}} {{stage}} {{layer}} / {{blob}} = {{value}}")
-            ),
+            targets((sel("caffe_first_nonfinite_info"), "{{phase}} {{stage}} {{layer}} / {{blob}} = {{value}}")),
             text_mode="name",
             thresholds=thresholds((None, "red")),
             no_value="none",
@@ -812,7 +805,15 @@ def run_detail() -> Json:
         "type "
         "from the 'Initializing net from parameters' block, per phase.",
         targets((f"max by (phase, index, layer, type) ({sel('caffe_layer_info')})", ""), table=True),
-        transformations=[{"id": "organize", "options": {"excludeByName": {"Time": True, "Value": True}}}],
+        transformations=[
+            {
+                "id": "organize",
+                "options": {
+                    "excludeByName": {"Time": True, "Value": True},
+                    "indexByName": {"index": 0, "layer": 1, "type": 2, "phase": 3},
+                },
+            }
+        ],
         sort_by=[{"desc": False, "displayName": "index"}],
     )
     panels = layout(
@@ -903,9 +904,7 @@ def health() -> Json:
             "Series dropped",
             "Per-layer series not created because a run hit limits.max_series_per_run "
             "(caffe_exporter_series_dropped_total).",
-            targets(
-                (f"sum by ({by_inst}) ({sel('caffe_exporter_series_dropped_total', INST)})", "{{instance}}")
-            ),
+            targets((f"sum by ({by_inst}) ({sel('caffe_exporter_series_dropped_total', INST)})", "{{instance}}")),
             thresholds=thresholds((None, "green"), (1, "orange")),
         ),
         stat(
@@ -924,8 +923,7 @@ def health() -> Json:
         "lines.",
         targets(
             (
-                f"sum by ({by_inst}, outcome) "
-                f"(rate({sel('caffe_exporter_lines_total', INST)}[$__rate_interval]))",
+                f"sum by ({by_inst}, outcome) (rate({sel('caffe_exporter_lines_total', INST)}[$__rate_interval]))",
                 "{{instance}} {{outcome}}",
             )
         ),
@@ -938,8 +936,7 @@ def health() -> Json:
         "Bytes read per second from all watched sources (rate of caffe_exporter_bytes_read_total).",
         targets(
             (
-                f"sum by ({by_inst}) "
-                f"(rate({sel('caffe_exporter_bytes_read_total', INST)}[$__rate_interval]))",
+                f"sum by ({by_inst}) (rate({sel('caffe_exporter_bytes_read_total', INST)}[$__rate_interval]))",
                 "{{instance}}",
             )
         ),
