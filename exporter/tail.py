@@ -591,8 +591,8 @@ def follow(
 ) -> None:
     """Block until ``stop`` is set, polling ``tailer`` and passing each chunk to ``on_chunk``.
 
-    Polls once at start, then on every watchfiles wake-up and at least every ``poll_interval`` seconds
-    (watchfiles' ``rust_timeout`` with ``yield_on_timeout=True``): events can be missed, and directories
+    Polls once at start, then on every watchfiles change set and at least every ``poll_interval`` seconds
+    (watchfiles' ``rust_timeout`` with ``yield_on_timeout=True`` ticks): events can be missed, and directories
     that do not exist yet cannot be watched. The watcher is rebuilt when :meth:`Tailer.watch_roots`
     changes; if it cannot be built (no roots, inotify limits) plain timed polling is used.
     ``force_polling=False`` leaves the choice to watchfiles (``WATCHFILES_FORCE_POLLING``, WSL).
@@ -603,6 +603,14 @@ def follow(
             on_chunk(chunk)
 
     interval_ms = max(1, int(poll_interval * 1000))
+    # watchfiles wakes us at least every tick; a tick polls only when poll_interval has passed, except
+    # the first tick after a watcher is built and the first one after it has settled: changes made
+    # between our last poll and the watcher's start raise no event, and notify's polling watcher
+    # takes up to a poll delay to record its baseline (measured: an append 270 ms after start is
+    # sometimes missed with poll_delay_ms=300).
+    tick_ms = min(interval_ms, 250)
+    poll_delay_ms = max(10, min(300, interval_ms // 2))
+    settle = 2 * poll_delay_ms / 1000
     run()
     while not stop.is_set():
         roots = tailer.watch_roots()
@@ -611,23 +619,32 @@ def follow(
                 run()
             continue
         try:
-            for _changes in watchfiles.watch(
+            started = last = time.monotonic()
+            first, settled = True, False
+            for changes in watchfiles.watch(
                 *roots,
                 watch_filter=None,
                 debounce=max(50, min(1600, interval_ms)),
                 step=50,
                 stop_event=stop,
-                rust_timeout=interval_ms,
+                rust_timeout=tick_ms,
                 yield_on_timeout=True,
                 force_polling=True if force_polling else None,
-                poll_delay_ms=max(10, min(300, interval_ms // 2)),
+                poll_delay_ms=poll_delay_ms,
                 recursive=tailer.watch_recursive(),
                 ignore_permission_denied=True,
             ):
-                run()
+                now = time.monotonic()
+                due = bool(changes) or first or now - last >= poll_interval
+                if not settled and now - started >= settle:
+                    due = settled = True
+                if due:
+                    first = False
+                    run()
+                    last = time.monotonic()
                 if stop.is_set() or tailer.watch_roots() != roots:
                     break
-        except (OSError, RuntimeError):
+        except (OSError, RuntimeError):  # cannot watch (a root vanished, inotify limits): poll on a timer
             if not stop.wait(poll_interval):
                 run()
 
