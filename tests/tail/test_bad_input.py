@@ -67,9 +67,7 @@ def test_binary_junk_never_raises(tmp_path: Path) -> None:
     log.write_bytes(junk)
     stats = TailStats()
     chunks = poll(Tailer([str(log)], max_line_bytes=4096, read_bytes=8192, stats=stats))
-    kept = [
-        ln for ln in junk[: junk.rindex(b"\n") + 1].split(b"\n")[:-1] if len(ln.replace(b"\0", b"")) <= 4096
-    ]
+    kept = [ln for ln in junk[: junk.rindex(b"\n") + 1].split(b"\n")[:-1] if len(ln.replace(b"\0", b"")) <= 4096]
     assert text(chunks) == "".join(ln.replace(b"\0", b"").decode("utf-8", "replace") + "\n" for ln in kept)
     assert stats.bytes_read == len(junk)
 
