@@ -135,6 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return diagnose.main(args.rest)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)  # it logs every change set at INFO
     stop = threading.Event()
     _install_signals(stop)
     if args.command == "demo":

@@ -48,7 +48,8 @@ def _get(d: Mapping[str, Any], key: str, where: str, check: Callable[[Any], bool
         return default
     v = d[key]
     if not check(v):
-        raise ConfigError(f"{where}.{key}: expected {expected}, got {v!r}".lstrip("."))
+        sep = " " if where.endswith(":") else "."
+        raise ConfigError(f"{where}{sep}{key}: expected {expected}, got {v!r}")
     return v  # type: ignore[no-any-return]
 
 
