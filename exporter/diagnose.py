@@ -1,0 +1,211 @@
+"""`caffe-exporter diagnose LOG... [--json]`: where did training go wrong, from the log alone.
+
+The logs are streamed through the same run state and detectors as the daemon (`exporter.state`,
+`exporter.detect`), so the report and the `caffe_anomaly` metrics agree; memory is constant per run.
+Exit code: 0 healthy, 1 something was found, 2 a file could not be read or holds no Caffe log.
+The `--json` schema is documented in docs/detectors.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TextIO
+
+from exporter.detect import DetectorConfig, Finding, analysis_of, make_observers, nv_dict
+from exporter.state import RunRegistry, RunState
+from exporter.tail import Chunk, read_stream
+
+SCHEMA = "caffe-exporter.diagnose/1"
+
+
+def _identify() -> Callable[[str], tuple[str, dict[str, str]]]:
+    try:
+        from exporter.identity import identify_default
+    except ImportError:  # pragma: no cover - identity.py is written by another engineer
+        return lambda p: (p, {})
+    return identify_default
+
+
+def _chunks(path: str) -> Iterator[Chunk]:
+    """Complete lines of a file (or `-` = stdin) to its current end; a last line without newline counts."""
+    if path == "-":
+        yield from read_stream(sys.stdin.buffer, path="-")
+        return
+    with open(path, "rb") as f:
+        yield from read_stream(f, path=path, read_bytes=4 << 20)
+
+
+def _num(v: float | None) -> float | str | None:
+    if v is None:
+        return None
+    return v if math.isfinite(v) else repr(v)
+
+
+def run_report(run: RunState) -> dict[str, Any]:
+    """One run's summary, non-finite origins and findings as JSON-ready data (the `runs[]` schema)."""
+    a = analysis_of(run)
+    findings: list[Finding] = a.findings if a is not None else []
+    tests: dict[str, dict[str, Any]] = {}
+    for (net, name), v in run.test_outputs.items():
+        t = tests.setdefault(net, {"iteration": run.test_iteration.get(net), "outputs": {}})
+        t["outputs"][name] = _num(v)
+    return {
+        "run": run.run,
+        "labels": dict(run.labels),
+        "sources": list(run.sources),
+        "summary": {
+            "net": run.net,
+            "solver_runs": run.solver_starts,
+            "finished": run.finished,
+            "first_iteration": a.first_iteration if a else None,
+            "last_iteration": run.iteration,
+            "display_iterations": run.display_iterations,
+            "first_loss": _num(a.first_loss) if a else None,
+            "last_loss": _num(run.loss),
+            "lr": run.lr,
+            "last_snapshot_iteration": run.last_snapshot_iteration,
+            "train_outputs": {k: _num(v) for k, v in run.train_outputs.items()},
+            "test_outputs": tests,
+            "debug_lines": sum(run.debug_lines.values()),
+        },
+        "nonfinite": {
+            "first_observed": nv_dict(run.first_nonfinite),
+            "first_observed_layer": nv_dict(run.first_nonfinite_layer),
+            "order": a.nonfinite_order if a else [],
+            "largest_before": a.largest_before if a else [],
+            "loss_nonfinite_lines": run.loss_nonfinite,
+        },
+        "findings": [f.to_dict() for f in findings],
+        "suppressed_findings": {t: n for t, n in (a.suppressed.items() if a else []) if n},
+        "healthy": not findings and run.first_nonfinite is None,
+    }
+
+
+def _origin_text(nv: dict[str, Any] | None) -> str:
+    if nv is None:
+        return "none"
+    where = (
+        f"[{nv['stage']}] layer {nv['layer']}, blob {nv['blob']}"
+        if nv["layer"]
+        else (f"[{nv['stage']}] All net params {nv['blob']}")
+    )
+    block = f", pass {nv['block']}" if nv["block"] else ""
+    return (
+        f"iteration {nv['iteration']} ({nv['phase']}{block}): {where} {nv['kind']} = {nv['value']} (line {nv['line']})"
+    )
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+def print_text(reports: Iterable[dict[str, Any]], errors: list[dict[str, str]], out: TextIO) -> None:
+    for e in errors:
+        out.write(f"{e['path']}: {e['error']}\n")
+    for r in reports:
+        s = r["summary"]
+        out.write(f"\n== run {r['run']} ({', '.join(r['sources'])})\n")
+        out.write(
+            f"net: {s['net'] or '?'}   solver runs: {s['solver_runs']}   iterations: {s['first_iteration']} .. "
+            f"{s['last_iteration']} ({s['display_iterations']} display lines)"
+            f"{'   finished' if s['finished'] else ''}\n"
+        )
+        out.write(f"loss: first {_fmt(s['first_loss'])}, last {_fmt(s['last_loss'])}   lr: {_fmt(s['lr'])}\n")
+        for net, t in s["test_outputs"].items():
+            outs = ", ".join(f"{k} = {_fmt(v)}" for k, v in t["outputs"].items())
+            out.write(f"test net #{net} at iteration {t['iteration']}: {outs}\n")
+        nf = r["nonfinite"]
+        if nf["first_observed"] is None and nf["first_observed_layer"] is None:
+            out.write("non-finite values: none\n")
+        else:
+            out.write(f"first observed non-finite value (any kind): {_origin_text(nf['first_observed'])}\n")
+            out.write(f"first observed non-finite per-layer value: {_origin_text(nf['first_observed_layer'])}\n")
+            if nf["order"]:
+                order = ", ".join(f"{o['layer']} ({o['stage']} {o['kind']} {o['value']})" for o in nf["order"][:12])
+                out.write(f"  layers turned non-finite in this order: {order}\n")
+            if nf["largest_before"]:
+                big = ", ".join(f"{b['key']} = {b['value']:.6g}" for b in nf["largest_before"])
+                out.write(
+                    f"  largest finite diffs just before (iteration {nf['largest_before'][0]['iteration']}): {big}\n"
+                )
+            out.write("  (only display iterations carry debug_info: these are the first OBSERVED values)\n")
+        if not r["findings"]:
+            out.write("healthy: no anomalies found\n")
+            continue
+        out.write(f"findings: {len(r['findings'])}\n")
+        for f in r["findings"]:
+            span = f"iteration {f['iteration']}"
+            if f["last_iteration"] != f["iteration"]:
+                span += f" .. {f['last_iteration']}"
+            layers = f"   layers: {', '.join(f['layers'])}" if f["layers"] else ""
+            out.write(f"- [{f['type']}] {span} ({f['display_iterations']} display iterations){layers}\n")
+            out.write(f"    {f['message']}\n")
+            lines = f["evidence_lines"]
+            ev = (
+                f"lines {lines[0]}-{lines[1]}"
+                if len(lines) == 2 and f["type"] not in ("nonfinite",)
+                else ("lines " + ", ".join(map(str, lines)))
+            )
+            out.write(f"    evidence: {ev}\n")
+            out.write(f"    advice: {f['advice']}\n")
+        for t, n in r["suppressed_findings"].items():
+            out.write(f"  ({n} more {t} episodes not listed)\n")
+
+
+def diagnose(paths: list[str], config: DetectorConfig | None = None) -> tuple[dict[str, Any], int]:
+    """Read the logs and build the report (the `--json` document) and the exit code."""
+    registry = RunRegistry(identify=_identify(), make_observers=make_observers(config))
+    errors: list[dict[str, str]] = []
+    files: list[dict[str, Any]] = []
+    for path in paths:
+        parsed = 0
+        error = None
+        try:
+            for chunk in _chunks(path):
+                parsed += registry.feed(chunk)
+        except OSError as e:
+            error = f"cannot read: {e.strerror or e}"
+        if error is None and parsed == 0:
+            error = "no Caffe log lines found"
+        if error is not None:
+            errors.append({"path": path, "error": error})
+        files.append({"path": path, "caffe_lines": parsed, "error": error})
+    reports = [run_report(r) for r in registry.runs.values() if r.display_iterations or r.debug_lines]
+    found = any(not r["healthy"] for r in reports)
+    code = 2 if errors else (1 if found else 0)
+    doc = {"schema": SCHEMA, "exit_code": code, "files": files, "runs": reports}
+    return doc, code
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="caffe-exporter diagnose",
+        description="Report where a Caffe training went wrong (NaN origin, exploding/vanishing gradients, dead "
+        "ReLUs, loss spikes) from its debug_info log. Exit 0 healthy, 1 findings, 2 unreadable / not a Caffe log.",
+    )
+    p.add_argument("logs", nargs="+", metavar="LOG", help="Caffe log files ('-' = stdin)")
+    p.add_argument("--json", action="store_true", help="machine-readable report (schema: docs/detectors.md)")
+    p.add_argument("--config", metavar="YAML", help="config.yaml whose `detectors:` section sets thresholds")
+    args = p.parse_args(argv)
+    config = None
+    if args.config:
+        try:
+            import yaml
+
+            with open(args.config, encoding="utf-8") as f:
+                data = yaml.safe_load(f) or {}
+            config = DetectorConfig.from_mapping(data.get("detectors") if isinstance(data, dict) else None, args.config)
+        except (OSError, ValueError, yaml.YAMLError) as e:
+            sys.stderr.write(f"caffe-exporter diagnose: {e}\n")
+            return 2
+    doc, code = diagnose(args.logs, config)
+    if args.json:
+        json.dump(doc, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        print_text(doc["runs"], [e for e in doc["files"] if e["error"]], sys.stdout)
+    return code
