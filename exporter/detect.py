@@ -333,7 +333,7 @@ class Analysis:
         self.prev_line = 0  # line of the previous display line (start of a block's evidence range)
         self.prev_display: int | None = None
         # trailing windows (debug display blocks): (iteration, l2 diff norm or -1, largest diff, loss)
-        win = self.config.exploding.window + 1
+        win = self.config.exploding.window
         self.window: deque[tuple[int, float, float, float]] = deque(maxlen=win)
         self.snapshots: deque[dict[str, str | float]] = deque(maxlen=win)  # backward values per entry
         self.streaks: dict[tuple[str, str], int] = {}  # (type, layer) -> consecutive debug displays

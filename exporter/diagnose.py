@@ -53,6 +53,8 @@ def run_report(run: RunState) -> dict[str, Any]:
     for (net, name), v in run.test_outputs.items():
         t = tests.setdefault(net, {"iteration": run.test_iteration.get(net), "outputs": {}})
         t["outputs"][name] = _num(v)
+    # non-finite values of a block whose display line has not been written yet (a live log, a fragment)
+    unattributed = [nv_dict(nv) for th in run.threads.values() for nv in th.pending if nv.iteration is None][:10]
     return {
         "run": run.run,
         "labels": dict(run.labels),
@@ -78,10 +80,11 @@ def run_report(run: RunState) -> dict[str, Any]:
             "order": a.nonfinite_order if a else [],
             "largest_before": a.largest_before if a else [],
             "loss_nonfinite_lines": run.loss_nonfinite,
+            "unattributed": unattributed,
         },
         "findings": [f.to_dict() for f in findings],
         "suppressed_findings": {t: n for t, n in (a.suppressed.items() if a else []) if n},
-        "healthy": not findings and run.first_nonfinite is None,
+        "healthy": not findings and run.first_nonfinite is None and not unattributed,
     }
 
 
@@ -119,8 +122,14 @@ def print_text(reports: Iterable[dict[str, Any]], errors: list[dict[str, str]], 
             outs = ", ".join(f"{k} = {_fmt(v)}" for k, v in t["outputs"].items())
             out.write(f"test net #{net} at iteration {t['iteration']}: {outs}\n")
         nf = r["nonfinite"]
+        for nv in nf["unattributed"][:3]:
+            out.write(
+                f"non-finite value in a block without its display line yet: [{nv['stage']}] layer {nv['layer']}, "
+                f"blob {nv['blob']} {nv['kind']} = {nv['value']} (line {nv['line']})\n"
+            )
         if nf["first_observed"] is None and nf["first_observed_layer"] is None:
-            out.write("non-finite values: none\n")
+            if not nf["unattributed"]:
+                out.write("non-finite values: none\n")
         else:
             out.write(f"first observed non-finite value (any kind): {_origin_text(nf['first_observed'])}\n")
             out.write(f"first observed non-finite per-layer value: {_origin_text(nf['first_observed_layer'])}\n")
@@ -134,7 +143,7 @@ def print_text(reports: Iterable[dict[str, Any]], errors: list[dict[str, str]], 
                 )
             out.write("  (only display iterations carry debug_info: these are the first OBSERVED values)\n")
         if not r["findings"]:
-            out.write("healthy: no anomalies found\n")
+            out.write("healthy: no anomalies found\n" if r["healthy"] else "findings: none beyond the above\n")
             continue
         out.write(f"findings: {len(r['findings'])}\n")
         for f in r["findings"]:
