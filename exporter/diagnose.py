@@ -106,9 +106,9 @@ def _fmt(v: Any) -> str:
     return f"{v:.6g}" if isinstance(v, float) else str(v)
 
 
-def print_text(reports: Iterable[dict[str, Any]], errors: list[dict[str, str]], out: TextIO) -> None:
+def print_text(reports: Iterable[dict[str, Any]], errors: list[dict[str, str]], out: TextIO, err: TextIO) -> None:
     for e in errors:
-        out.write(f"{e['path']}: {e['error']}\n")
+        err.write(f"caffe-exporter diagnose: {e['path']}: {e['error']}\n")
     for r in reports:
         s = r["summary"]
         out.write(f"\n== run {r['run']} ({', '.join(r['sources'])})\n")
@@ -216,5 +216,5 @@ def main(argv: list[str]) -> int:
         json.dump(doc, sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
-        print_text(doc["runs"], [e for e in doc["files"] if e["error"]], sys.stdout)
+        print_text(doc["runs"], [e for e in doc["files"] if e["error"]], sys.stdout, sys.stderr)
     return code
