@@ -258,6 +258,10 @@ class RunState:
         if nfwd or nbwd or nupd:
             self._count_debug(th, nfwd, nbwd, nupd)
             parsed += nfwd + nbwd + nupd
+        pristine = ThreadState()
+        for key in [k for k, t in self.threads.items() if t == pristine]:
+            # thread() recreates it identically: dropping it keeps the state independent of the chunking
+            del self.threads[key]
         self._stamp(text, clock)
         return parsed
 
