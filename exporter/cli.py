@@ -17,8 +17,10 @@ from types import FrameType
 from prometheus_client import CollectorRegistry
 
 from exporter import __version__, config
+from exporter.collectors.anomalies import AnomalyCollector
 from exporter.collectors.runs import RunCollector
 from exporter.collectors.selfmetrics import ExporterCollector
+from exporter.detect import make_observers
 from exporter.identity import RunNamer, SourceRule
 from exporter.pipeline import Pipeline
 from exporter.serve import make_app, start_server
@@ -30,11 +32,12 @@ log = logging.getLogger("caffe_exporter")
 
 def build(cfg: config.Config) -> tuple[Pipeline, CollectorRegistry]:
     """The pipeline and a registry holding its collectors (nothing registers globally)."""
-    runs = RunRegistry(identify=RunNamer(cfg.sources))
+    runs = RunRegistry(identify=RunNamer(cfg.sources), make_observers=make_observers(cfg.detectors))
     pipeline = Pipeline(runs, TailStats())
     registry = CollectorRegistry()
     run_collector = RunCollector(runs, pipeline.lock, cfg.max_series_per_run)
     registry.register(run_collector)
+    registry.register(AnomalyCollector(runs, pipeline.lock))
     registry.register(ExporterCollector(pipeline, run_collector))
     return pipeline, registry
 

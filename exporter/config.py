@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from exporter.detect import DetectorConfig
 from exporter.identity import SourceRule, check_label_name
 
 DEFAULT_LISTEN = "0.0.0.0:10052"
@@ -32,7 +33,7 @@ class Config:
     max_line_bytes: int = 1 << 20
     read_bytes: int = 4 << 20
     max_series_per_run: int = 20000
-    detectors: Mapping[str, Any] = field(default_factory=dict)  # validated by exporter.detect
+    detectors: DetectorConfig = field(default_factory=DetectorConfig)
 
 
 def parse_listen(value: str, where: str) -> tuple[str, int]:
@@ -121,7 +122,11 @@ def from_mapping(data: Any, where: str) -> Config:
         raise ConfigError(f"{where}: limits: unknown key(s) {unknown}; known: ['max_series_per_run']")
     max_series = _get(limits, "max_series_per_run", f"{where}: limits", lambda v: _is_int(v) and v > 0,
                       "a positive integer", 20000)
-    detectors: dict[str, Any] = _get(data, "detectors", w, lambda v: isinstance(v, dict), "a mapping", {})
+    raw_detectors: dict[str, Any] = _get(data, "detectors", w, lambda v: isinstance(v, dict), "a mapping", {})
+    try:
+        detectors = DetectorConfig.from_mapping(raw_detectors, where)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return Config(listen, sources, start_at, poll, float(interval), max_line, read_bytes, max_series, detectors)
 
 

@@ -26,6 +26,10 @@ HELP = {
         "Iteration of the first display block holding a non-finite value of any kind (first observed: only "
         "display iterations carry debug_info); absent while none."
     ),
+    "caffe_first_nonfinite_layer_iteration": (
+        "Iteration of the first per-layer non-finite debug_info line (the one caffe_first_nonfinite_info "
+        "describes; test-phase origins give the test iteration); absent while none."
+    ),
     "caffe_first_nonfinite_info": (
         "The first per-layer non-finite debug_info line (where the NaN/inf first appeared in a layer), "
         "always 1; absent while none."
@@ -44,6 +48,7 @@ class AnomalyCollector(Collector):
         yield GaugeMetricFamily("caffe_anomaly", HELP["caffe_anomaly"])
         yield CounterMetricFamily("caffe_anomalies", HELP["caffe_anomalies_total"])
         yield GaugeMetricFamily("caffe_first_nonfinite_iteration", HELP["caffe_first_nonfinite_iteration"])
+        yield GaugeMetricFamily("caffe_first_nonfinite_layer_iteration", HELP["caffe_first_nonfinite_layer_iteration"])
         yield GaugeMetricFamily("caffe_first_nonfinite_info", HELP["caffe_first_nonfinite_info"])
         yield CounterMetricFamily("caffe_loss_nonfinite", HELP["caffe_loss_nonfinite_total"])
 
@@ -65,6 +70,9 @@ class AnomalyCollector(Collector):
         first_it = GaugeMetricFamily(
             "caffe_first_nonfinite_iteration", HELP["caffe_first_nonfinite_iteration"], labels=base
         )
+        first_layer_it = GaugeMetricFamily(
+            "caffe_first_nonfinite_layer_iteration", HELP["caffe_first_nonfinite_layer_iteration"], labels=base
+        )
         first_info = GaugeMetricFamily(
             "caffe_first_nonfinite_info",
             HELP["caffe_first_nonfinite_info"],
@@ -84,6 +92,8 @@ class AnomalyCollector(Collector):
                 first_it.add_metric(labels, float(f0.iteration))
             f1 = r.first_nonfinite_layer
             if f1 is not None:
+                if f1.iteration is not None:
+                    first_layer_it.add_metric(labels, float(f1.iteration))
                 first_info.add_metric([*labels, f1.phase, f1.stage, f1.layer, f1.blob, f1.value], 1.0)
             loss_nf.add_metric(labels, float(r.loss_nonfinite))
-        return [anomaly, total, first_it, first_info, loss_nf]
+        return [anomaly, total, first_it, first_layer_it, first_info, loss_nf]
