@@ -247,7 +247,7 @@ class RunState:
                 if pl is None:
                     continue
                 parsed += 1
-                th = self._apply(pl, tid, clock, line_no, path)
+                self._apply(pl, tid, clock, line_no, path)  # fast lines stay with the chunk's debug thread
                 if self.dump is not None:
                     resume = self._consume_dump(text, end + 1)
                     break
