@@ -398,9 +398,7 @@ class Tailer:
             return
         # The path names another file now, or nothing. If the old file is still matched under another
         # path (app.log -> app.log.1 with a glob app.log*), keep following it there; else finish it.
-        moved = next(
-            (c.path for c in candidates if c.path not in self._files and ident(c.path) == f.ident), None
-        )
+        moved = next((c.path for c in candidates if c.path not in self._files and ident(c.path) == f.ident), None)
         del self._files[path]
         if moved is not None:
             f.path = moved
@@ -507,7 +505,7 @@ class Tailer:
         f.head = os.pread(f.fd, HEAD_BYTES, 0)
         saved = self._saved.pop(f.path, None)
         if saved is not None and self._resumable(f, st, saved):
-            f.pos, f.line, f.fresh = saved.offset, saved.line, False
+            f.pos, f.line, f.fresh = saved.offset, saved.line, saved.offset == 0
         elif first and self._start_at_end:
             f.pos, f.line = _last_line_end(f.fd, st.st_size)
             f.fresh = f.pos == 0
@@ -522,8 +520,12 @@ class Tailer:
         return hashlib.sha1(os.pread(f.fd, n, 0)).hexdigest() == saved.head
 
     def positions(self) -> dict[str, FilePosition]:
-        """Per open path: bytes and lines consumed (complete lines only) plus the file's identity."""
-        out: dict[str, FilePosition] = {}
+        """Per path: bytes and lines consumed (complete lines only) plus the file's identity.
+
+        Covers the open files, and the positions given to the constructor that have not been used yet
+        (their file was not opened so far), so a checkpoint taken early loses nothing.
+        """
+        out: dict[str, FilePosition] = dict(self._saved)
         for path, f in self._files.items():
             try:
                 head = os.pread(f.fd, HEAD_BYTES, 0)

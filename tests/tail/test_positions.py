@@ -100,3 +100,10 @@ def test_same_inode_with_other_head_or_shorter_size_is_not_resumed(tmp_path: Pat
     assert text(poll(Tailer([str(log)], positions={str(log): too_far}))) == decoded(lines)
     unknown_len = dataclasses.replace(saved, head_len=-1)
     assert poll(Tailer([str(log)], positions={str(log): unknown_len})) == []
+
+
+def test_unused_positions_are_carried_into_the_next_checkpoint(tmp_path: Path) -> None:
+    saved = FilePosition(path=str(tmp_path / "gone.log"), dev=1, ino=2, offset=30, line=3, head="0" * 40, head_len=30)
+    tailer = Tailer([saved.path], positions={saved.path: saved})
+    assert poll(tailer) == []  # the file is not there (yet)
+    assert tailer.positions() == {saved.path: saved}
