@@ -110,6 +110,11 @@ def _config_from_args(args: argparse.Namespace) -> config.Config:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["diagnose"]:  # its own parser: options may come before or after the paths
+        from exporter import diagnose
+
+        return diagnose.main(args_list[1:])
     parser = argparse.ArgumentParser(prog="caffe-exporter", description=__doc__)
     parser.add_argument("--version", action="version", version=f"caffe-exporter {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,14 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     d.add_argument("--pace", type=float, default=1.0, help="seconds between display iterations (default 1)")
     d.add_argument("--loops", type=int, default=0, help="stop after this many replays (default: forever)")
     d.add_argument("--log-level", default="INFO")
-    g = sub.add_parser("diagnose", help="report anomalies in finished or live logs", add_help=False)
-    g.add_argument("rest", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
-
-    if args.command == "diagnose":
-        from exporter import diagnose
-
-        return diagnose.main(args.rest)
+    sub.add_parser("diagnose", help="report anomalies in finished or live logs (see: diagnose --help)")
+    args = parser.parse_args(args_list)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("watchfiles").setLevel(logging.WARNING)  # it logs every change set at INFO
     stop = threading.Event()

@@ -848,6 +848,8 @@ def metric_tuples(run: RunState) -> list[tuple[str, dict[str, str], float]]:
     if f0 is not None and f0.iteration is not None:
         out.append(("caffe_first_nonfinite_iteration", base, float(f0.iteration)))
     f1 = run.first_nonfinite_layer
+    if f1 is not None and f1.iteration is not None:
+        out.append(("caffe_first_nonfinite_layer_iteration", base, float(f1.iteration)))
     if f1 is not None:
         out.append(
             (

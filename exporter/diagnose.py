@@ -12,22 +12,15 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
 from exporter.detect import DetectorConfig, Finding, analysis_of, make_observers, nv_dict
+from exporter.identity import identify_default
 from exporter.state import RunRegistry, RunState
 from exporter.tail import Chunk, read_stream
 
 SCHEMA = "caffe-exporter.diagnose/1"
-
-
-def _identify() -> Callable[[str], tuple[str, dict[str, str]]]:
-    try:
-        from exporter.identity import identify_default
-    except ImportError:  # pragma: no cover - identity.py is written by another engineer
-        return lambda p: (p, {})
-    return identify_default
 
 
 def _chunks(path: str) -> Iterator[Chunk]:
@@ -165,9 +158,11 @@ def print_text(reports: Iterable[dict[str, Any]], errors: list[dict[str, str]], 
             out.write(f"  ({n} more {t} episodes not listed)\n")
 
 
-def diagnose(paths: list[str], config: DetectorConfig | None = None) -> tuple[dict[str, Any], int]:
-    """Read the logs and build the report (the `--json` document) and the exit code."""
-    registry = RunRegistry(identify=_identify(), make_observers=make_observers(config))
+def read_runs(
+    paths: list[str], config: DetectorConfig | None = None
+) -> tuple[RunRegistry, list[dict[str, Any]], list[dict[str, str]]]:
+    """Feed the logs through the daemon's own pipeline stages: runs, per-file outcomes, errors."""
+    registry = RunRegistry(identify=identify_default, make_observers=make_observers(config))
     errors: list[dict[str, str]] = []
     files: list[dict[str, Any]] = []
     for path in paths:
@@ -183,6 +178,12 @@ def diagnose(paths: list[str], config: DetectorConfig | None = None) -> tuple[di
         if error is not None:
             errors.append({"path": path, "error": error})
         files.append({"path": path, "caffe_lines": parsed, "error": error})
+    return registry, files, errors
+
+
+def diagnose(paths: list[str], config: DetectorConfig | None = None) -> tuple[dict[str, Any], int]:
+    """Read the logs and build the report (the `--json` document) and the exit code."""
+    registry, files, errors = read_runs(paths, config)
     reports = [run_report(r) for r in registry.runs.values() if r.display_iterations or r.debug_lines]
     found = any(not r["healthy"] for r in reports)
     code = 2 if errors else (1 if found else 0)
