@@ -677,17 +677,25 @@ def run_detail() -> Json:
         stat(
             "First non-finite iteration",
             "Iteration of the first display block holding a NaN/Inf value anywhere, including the net-wide "
-            "'All net params' norms (caffe_first_nonfinite_iteration). " + nonfinite,
+            "'All net params' norms (caffe_first_nonfinite_iteration); it can precede the first per-layer "
+            "NaN/Inf shown in 'First non-finite origin'. " + nonfinite,
             targets((sel("caffe_first_nonfinite_iteration"), "{{run}}")),
             thresholds=thresholds((None, "red")),
             no_value="none",
         ),
         stat(
             "First non-finite origin",
-            "Where the first per-layer NaN/Inf appeared (caffe_first_nonfinite_info): phase, pass (stage), "
-            "layer, blob and the value printed. " + MEAN_ABS + " " + nonfinite,
-            targets((sel("caffe_first_nonfinite_info"), "{{phase}} {{stage}} {{layer}} / {{blob}} = {{value}}")),
-            text_mode="name",
+            "Where the first per-layer NaN/Inf appeared (caffe_first_nonfinite_info): pass (stage), layer, blob, "
+            "the value printed and the phase; the number is the iteration of that line "
+            "(caffe_first_nonfinite_layer_iteration). " + MEAN_ABS + " " + nonfinite,
+            targets(
+                (
+                    f"{sel('caffe_first_nonfinite_info')}\n  * on ({BY_RUN})\n  "
+                    f"{sel('caffe_first_nonfinite_layer_iteration')}",
+                    "{{stage}} {{layer}} / {{blob}} = {{value}} ({{phase}}), iteration",
+                )
+            ),
+            text_mode="value_and_name",
             thresholds=thresholds((None, "red")),
             no_value="none",
         ),

@@ -118,9 +118,7 @@ def test_template_variables(name: str) -> None:
     ds = vs["datasource"]
     assert ds["type"] == "datasource" and ds["query"] == "prometheus"
     order = [v["name"] for v in dash["templating"]["list"]]
-    assert order[:3] == ["datasource", "job", "instance"], (
-        "variables must be chained datasource -> job -> instance"
-    )
+    assert order[:3] == ["datasource", "job", "instance"], "variables must be chained datasource -> job -> instance"
     for v in vs.values():
         if v["type"] == "query":
             assert v["datasource"] == DS_REF
@@ -195,7 +193,9 @@ def test_run_detail_layer_views_are_in_forward_order_on_log_scale() -> None:
         assert p["options"]["filterValues"]["le"] < -30
     origin = panels["First non-finite origin"]
     assert origin["type"] == "stat" and "caffe_first_nonfinite_info" in origin["targets"][0]["expr"]
-    assert "{{layer}}" in origin["targets"][0]["legendFormat"] and origin["options"]["textMode"] == "name"
+    assert "caffe_first_nonfinite_layer_iteration" in origin["targets"][0]["expr"]
+    assert "{{layer}}" in origin["targets"][0]["legendFormat"]
+    assert origin["options"]["textMode"] == "value_and_name"
     assert panels["First non-finite iteration"]["type"] == "stat"
     ann = [a for a in load("caffe-run-detail.json")["annotations"]["list"] if "expr" in a]
     assert ann and "caffe_anomaly" in ann[0]["expr"] and ann[0]["datasource"] == DS_REF
@@ -292,9 +292,7 @@ def test_every_expression_passes_promtool(name: str, tmp_path: Path) -> None:
         rules.append({"record": record, "expr": concrete})
     path = tmp_path / "exprs.rules.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": name, "rules": rules}]}, sort_keys=False))
-    result = subprocess.run(
-        [promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60
-    )
+    result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(rules)} rules found" in result.stdout
 

@@ -8,41 +8,51 @@ lenet_nan); `prometheus` scrapes it every second. Then
 - every panel target, annotation and variable query, with the template variables replaced by the real job,
   instance and run values, returns data from /api/v1/query_range over the time the test ran.
 
-Missing binaries fail the tests (CI installs them); set CAFFE_EXPORTER_SKIP_E2E=1 to skip.
+Process handling, bounded waits and the Prometheus client come from tests/e2e_util.py. Missing binaries fail
+the tests (CI installs them); set CAFFE_EXPORTER_SKIP_E2E=1 to skip.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
-import os
 import re
 import shutil
-import socket
-import subprocess
 import sys
 import time
 import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from e2e_util import (
+    E2E_MARKS,
+    ManagedProcess,
+    PrometheusAPI,
+    free_port,
+    http_get,
+    require_binary,
+    running,
+    samples,
+    wait_until,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "real-caffe"
 RUN_DIRS = ("lenet_healthy", "lenet_nan")
 JOB = "caffe-exporter"
 BUILTINS = {"__rate_interval": "1m", "__interval": "15s", "__range": "1h"}
-# Queries about non-finite values: legitimately empty for the healthy run.
-NONFINITE_METRICS = {
+# Queries reading only these are legitimately empty for the healthy run: its log holds no NaN/Inf and no
+# anomaly condition ever held (the exporter creates caffe_anomaly series once a condition is evaluated true).
+ANOMALY_ONLY_METRICS = {
     "caffe_first_nonfinite_iteration",
+    "caffe_first_nonfinite_layer_iteration",
     "caffe_first_nonfinite_info",
     "caffe_nonfinite_values_total",
+    "caffe_anomaly",
 }
 
 
@@ -68,96 +78,24 @@ def variables(dash: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {v["name"]: v for v in dash["templating"]["list"]}
 
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(os.environ.get("CAFFE_EXPORTER_SKIP_E2E") == "1", reason="CAFFE_EXPORTER_SKIP_E2E=1"),
-]
-
-
-# ------------------------------------------------------------------------------------- process helpers
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def http_get(url: str, timeout: float = 5.0) -> str:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
-        return str(resp.read().decode("utf-8"))
-
-
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    def tail(self, n: int = 40) -> str:
-        lines = self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
-        return f"--- last {n} lines of {self.name} output ({self.log}) ---\n" + "\n".join(lines[-n:])
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(timeout=10)
-
-
-@contextlib.contextmanager
-def started(name: str, cmd: list[str], log: Path) -> Iterator[Proc]:
-    with log.open("wb") as out:
-        popen = subprocess.Popen(
-            cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
-    proc = Proc(name, popen, log)
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
-def wait_for(what: str, check: Callable[[], Any], proc: Proc, timeout: float, interval: float = 0.5) -> Any:
-    """Poll check() until it returns a truthy value; fail with the process output on timeout or exit."""
-    deadline, last_error = time.monotonic() + timeout, None
-    while time.monotonic() < deadline:
-        if proc.popen.poll() is not None:
-            pytest.fail(
-                f"{proc.name} exited with {proc.popen.returncode} while waiting for {what}\n{proc.tail()}"
-            )
-        try:
-            result = check()
-            if result:
-                return result
-        except (OSError, ValueError, KeyError) as exc:
-            last_error = exc
-        time.sleep(interval)
-    pytest.fail(
-        f"timed out after {timeout:.0f}s waiting for {what} (last error: {last_error})\n{proc.tail()}"
-    )
-
-
-def sample_names(exposition: str) -> dict[str, list[str]]:
-    """metric name -> sample lines, from Prometheus text exposition."""
-    out: dict[str, list[str]] = {}
-    for line in exposition.splitlines():
-        if line and not line.startswith("#"):
-            out.setdefault(re.split(r"[{\s]", line, maxsplit=1)[0], []).append(line)
-    return out
+pytestmark = E2E_MARKS
 
 
 # ------------------------------------------------------------------------------------- fixtures
+
+
+def sample_names(exposition: str) -> set[str]:
+    """Names of all samples in Prometheus text exposition."""
+    return {
+        re.split(r"[{\s]", line, maxsplit=1)[0] for line in exposition.splitlines() if line and not line.startswith("#")
+    }
 
 
 @dataclass
 class Exporter:
     url: str
     instance: str
-    proc: Proc
+    proc: ManagedProcess
 
     def metrics(self) -> str:
         return http_get(self.url + "/metrics")
@@ -165,22 +103,17 @@ class Exporter:
 
 @dataclass
 class Prometheus:
-    url: str
+    api: PrometheusAPI
     start: float
-    proc: Proc
-
-    def api(self, path: str, **params: str) -> Any:
-        body = json.loads(http_get(f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params)}", timeout=30))
-        assert body["status"] == "success", body
-        return body["data"]
 
     def query(self, expr: str) -> list[dict[str, Any]]:
-        return list(self.api("query", query=expr)["result"])
+        return self.api.query(expr)
 
     def query_range(self, expr: str, start: float, end: float) -> list[dict[str, Any]]:
-        return list(
-            self.api("query_range", query=expr, start=f"{start:.3f}", end=f"{end:.3f}", step="1")["result"]
-        )
+        params = urllib.parse.urlencode({"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": "1"})
+        body = json.loads(http_get(f"{self.api.url}/api/v1/query_range?{params}", timeout=30))
+        assert body["status"] == "success", body
+        return list(body["data"]["result"])
 
 
 @pytest.fixture(scope="module")
@@ -192,30 +125,24 @@ def exporter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exporter]:
         shutil.copyfile(FIXTURES / run / "caffe.log", logs / run / "caffe.log")
     port = free_port()
     cmd = [sys.executable, "-m", "exporter", "serve", "--listen", f"127.0.0.1:{port}", str(logs)]
-    with started("caffe-exporter", cmd, tmp / "exporter.log") as proc:
+    with running("caffe-exporter", cmd, tmp / "exporter.log", cwd=ROOT) as proc:
         exp = Exporter(f"http://127.0.0.1:{port}", f"127.0.0.1:{port}", proc)
         seen: list[str] = []
 
         def settled() -> bool:
             """Both runs exported and the bytes-read counter unchanged over three polls (logs read)."""
-            samples = sample_names(exp.metrics())
-            runs = {
-                m.group(1)
-                for line in samples.get("caffe_run_info", [])
-                if (m := re.search(r'run="([^"]*)"', line))
-            }
-            seen.append(repr((sorted(runs), samples.get("caffe_exporter_bytes_read_total"))))
+            text = exp.metrics()
+            runs = {labels["run"] for labels, _ in samples(text, "caffe_run_info")}
+            seen.append(repr((sorted(runs), samples(text, "caffe_exporter_bytes_read_total"))))
             return len(runs) >= len(RUN_DIRS) and len(seen) >= 3 and len(set(seen[-3:])) == 1
 
-        wait_for("the exporter to read both logs", settled, proc, timeout=60)
+        wait_until("the exporter to read both logs", settled, timeout=60, interval=0.5, procs=[proc])
         yield exp
 
 
 @pytest.fixture(scope="module")
 def prometheus(exporter: Exporter, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
-    binary = shutil.which("prometheus")
-    if not binary:
-        pytest.fail("prometheus not found on PATH: install the Debian package 'prometheus'")
+    binary = require_binary("prometheus")
     tmp = tmp_path_factory.mktemp("prometheus")
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
@@ -231,19 +158,12 @@ def prometheus(exporter: Exporter, tmp_path_factory: pytest.TempPathFactory) -> 
         "--log.level=warn",
     ]
     start = time.time()
-    with started("prometheus", cmd, tmp / "prometheus.log") as proc:
-        prom = Prometheus(f"http://127.0.0.1:{port}", start, proc)
-        wait_for(
-            "prometheus to be ready", lambda: "Ready" in http_get(prom.url + "/-/ready"), proc, timeout=30
-        )
+    with running("prometheus", cmd, tmp / "prometheus.log") as proc:
+        api = PrometheusAPI(f"http://127.0.0.1:{port}", procs=[proc, exporter.proc])
+        api.wait_ready(timeout=30)
         # Bounded wait for enough scrapes that rate()/increase() over 1m have several samples.
-        wait_for(
-            "5 successful scrapes of the exporter",
-            lambda: prom.query(f'sum_over_time(up{{job="{JOB}"}}[5m]) >= 5'),
-            proc,
-            timeout=60,
-        )
-        yield prom
+        api.wait_for_query(f'sum_over_time(up{{job="{JOB}"}}[5m]) >= 5', timeout=60)
+        yield Prometheus(api, start)
 
 
 # ------------------------------------------------------------------------------------- variable values
@@ -302,7 +222,7 @@ def recording_rules() -> set[str]:
 
 @pytest.mark.parametrize("name", DASHBOARDS)
 def test_every_metric_is_exposed_by_the_running_exporter(name: str, exporter: Exporter) -> None:
-    exposed = set(sample_names(exporter.metrics()))
+    exposed = sample_names(exporter.metrics())
     allowed = exposed | PROMETHEUS_INTERNAL | recording_rules()
     missing = {}
     for where, expr in gen.iter_queries(load(name)):
@@ -318,18 +238,14 @@ def cases() -> list[Any]:
         contexts = ["nan", "healthy"] if name == "caffe-run-detail.json" else ["all"]
         for where, expr in gen.iter_queries(load(name)):
             for ctx in contexts:
-                if ctx == "healthy" and (
-                    gen.metric_names(expr) & NONFINITE_METRICS or where.startswith("annot")
-                ):
+                if ctx == "healthy" and gen.metric_names(expr) <= ANOMALY_ONLY_METRICS:
                     continue
                 out.append(pytest.param(name, where, ctx, id=f"{name.removesuffix('.json')}::{where}::{ctx}"))
     return out
 
 
 @pytest.mark.parametrize(("name", "where", "ctx"), cases())
-def test_every_query_returns_data(
-    name: str, where: str, ctx: str, prometheus: Prometheus, exporter: Exporter
-) -> None:
+def test_every_query_returns_data(name: str, where: str, ctx: str, prometheus: Prometheus, exporter: Exporter) -> None:
     dash = load(name)
     expr = dict(gen.iter_queries(dash))[where]
     run = {"all": None, "nan": nan_run, "healthy": healthy_run}[ctx]
