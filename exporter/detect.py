@@ -741,8 +741,11 @@ class Analysis:
     # -- reading out --------------------------------------------------------------------------------
 
     def anomaly_samples(self) -> list[tuple[str, str, float]]:
-        """(type, layer, 0/1) for `caffe_anomaly`."""
-        return [(t, layer, 1.0 if on else 0.0) for (t, layer), on in sorted(self.active.items())]
+        """(type, layer, 0/1) for `caffe_anomaly`; a type never seen yet is one `layer=""` series at 0."""
+        seen = {t for t, _ in self.active}
+        out = [(t, layer, 1.0 if on else 0.0) for (t, layer), on in self.active.items()]
+        out += [(t, "", 0.0) for t in TYPES if t not in seen]
+        return sorted(out)
 
     # -- checkpointing ------------------------------------------------------------------------------
 
