@@ -7,6 +7,13 @@ path is stat'ed; a new (st_dev, st_ino) at the path is a rotation, a size below 
 first KiB) is a truncation. :func:`follow` decides *when* to poll (watchfiles wake-ups plus a timer);
 the Tailer decides *what* changed. :func:`read_stream` does the same line splitting for a pipe.
 
+Files are identified by (st_dev, st_ino): a path naming a file already tailed under another path is
+skipped. When a rotated file still matches a source under its new name (``app.log`` -> ``app.log.1``
+with the glob ``app.log*``), it keeps being followed under that name, so its unterminated last line
+waits for completion as usual; a rotated or deleted file that matches nothing more is drained, its
+unterminated last line emitted with a newline added, and closed. A path that vanished and later names
+a file again counts as a rotation.
+
 This module imports nothing from ``exporter``; its counters live in a :class:`TailStats` passed in.
 
 Error accounting: open/stat/read failures increment ``TailStats.read_errors`` once per *failure episode*

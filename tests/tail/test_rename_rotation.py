@@ -117,3 +117,21 @@ def test_symlink_retargeted_to_a_new_run(tmp_path: Path) -> None:
     assert text(chunks) == decoded(caffe_lines(5, start=10))
     assert chunks[0].path == str(link) and chunks[0].file_start
     assert stats.rotations == 1
+
+
+def test_rotated_file_still_matched_keeps_its_partial_line_until_completed(tmp_path: Path) -> None:
+    """A writer that has not reopened yet may finish its line in the renamed file: no fragment lines."""
+    log, rotated = tmp_path / "caffe.log", tmp_path / "caffe.log.1"
+    a, b = long_caffe_lines(2)
+    log.write_bytes(a + b[:30])
+    stats = TailStats()
+    tailer = Tailer([str(tmp_path / "caffe.log*")], stats=stats)
+    assert text(poll(tailer)) == decoded([a])
+    os.rename(log, rotated)
+    log.write_bytes(b"")
+    assert poll(tailer) == []
+    append(rotated, b[30:])
+    chunks = poll(tailer)
+    assert by_path(chunks) == {str(rotated): decoded([b])}
+    assert chunks[0].first_line == 2
+    assert stats.rotations == 1
