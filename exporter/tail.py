@@ -354,14 +354,19 @@ class Tailer:
             self._errors[path] = key
             self.stats.read_errors += 1
 
-    def _ok(self, path: str) -> None:
-        if self._errors:
-            self._errors.pop(path, None)
+    def _ok(self, path: str, op: str) -> None:
+        """``op`` on ``path`` succeeded: a failure episode of that operation is over."""
+        if self._errors and self._errors.get(path, "").startswith(op + ":"):
+            del self._errors[path]
 
     # polling ----------------------------------------------------------------------------------
 
     def poll(self) -> Iterator[Chunk]:
-        """Discover new files, then read every open file to EOF, handling rotation, truncation, deletion."""
+        """Discover new files, then read every open file to EOF, handling rotation, truncation, deletion.
+
+        Iterate it to the end: the tailer's offsets advance as chunks are produced, so chunks of an
+        abandoned iteration are not produced again.
+        """
         first = not self._polled
         self._polled = True
         candidates = self._discover()
@@ -382,7 +387,7 @@ class Tailer:
                 yield from self._service(f, candidates, ident)
         for cand in candidates:
             if cand.path not in self._files:
-                yield from self._open(cand, first, ident)
+                yield from self._open(cand, first)
         live = {c.path for c in candidates} | set(self._files)
         for path in [p for p in self._errors if p not in live]:
             del self._errors[path]
@@ -395,6 +400,7 @@ class Tailer:
         try:
             st = os.stat(path)
             now = (st.st_dev, st.st_ino)
+            self._ok(path, "stat")
         except (FileNotFoundError, NotADirectoryError):
             now = None
         except OSError as e:
@@ -418,7 +424,7 @@ class Tailer:
         else:
             self.stats.rotations += 1
             self._vanished.discard(path)
-            yield from self._open(_Candidate(path, True), False, ident)
+            yield from self._open(_Candidate(path, True), False)
 
     def _close_file(self, f: _File) -> Iterator[Chunk]:
         yield from self._drain(f)
@@ -457,7 +463,7 @@ class Tailer:
                 return
             if not raw:
                 break
-            self._ok(f.path)
+            self._ok(f.path, "read")
             f.pos += len(raw)
             stats.bytes_read += len(raw)
             stats.last_read_time = self._clock()
@@ -465,7 +471,7 @@ class Tailer:
             if len(raw) < n:
                 break
 
-    def _open(self, cand: _Candidate, first: bool, ident: Callable[[str], FileId | None]) -> Iterator[Chunk]:
+    def _open(self, cand: _Candidate, first: bool) -> Iterator[Chunk]:
         path = cand.path
         try:
             st = os.stat(path)
@@ -498,7 +504,7 @@ class Tailer:
             os.close(fd)
             self._error(path, _err_key("open", e))
             return
-        self._ok(path)
+        self._ok(path, "open")
         if path in self._vanished:
             self._vanished.discard(path)
             self.stats.rotations += 1
