@@ -109,12 +109,17 @@ class SourceClock:
     year: int
     last_month: int = 0
     utc: bool = False
+    # month of the file time the year was taken from: a first line from a later month was written the
+    # year before (a log begun in December, read after New Year)
+    mtime_month: int = 0
 
     def unix(self, p: GlogPrefix) -> float:
         if p.year is not None:
             year = p.year
         else:
-            if self.last_month and p.month < self.last_month - 6:  # December -> January
+            if not self.last_month and self.mtime_month and p.month > self.mtime_month:
+                self.year -= 1
+            elif self.last_month and p.month < self.last_month - 6:  # December -> January
                 self.year += 1
             year = self.year
         self.last_month = p.month
@@ -537,7 +542,7 @@ class RunState:
                             "passes": s.passes, "last_display": s.last_display,
                             "outputs_seen": sorted(s.outputs_seen), "pending": [list(x) for x in s.pending]}
                         for t, s in self.threads.items()},
-            "clocks": {k: [c.year, c.last_month, c.utc] for k, c in self.clocks.items()},
+            "clocks": {k: [c.year, c.last_month, c.utc, c.mtime_month] for k, c in self.clocks.items()},
             "dump": self.dump, "prev_display": None if self.prev_display is None else list(self.prev_display),
         }
 
@@ -574,7 +579,7 @@ class RunState:
             st.threads[t] = ThreadState(s["phase"], s["test_net"], s["test_iteration"], s["nv_stage"],
                                         s["nv_layer"], s["block_lines"], s["passes"], s["last_display"],
                                         set(s["outputs_seen"]), [NonfiniteValue(*x) for x in s["pending"]])
-        st.clocks = {k: SourceClock(y, m, u) for k, (y, m, u) in d["clocks"].items()}
+        st.clocks = {k: SourceClock(*c) for k, c in d["clocks"].items()}
         st.dump = d["dump"]
         pd = d["prev_display"]
         st.prev_display = None if pd is None else (int(pd[0]), float(pd[1]))
@@ -591,7 +596,7 @@ def _clock_for(path: str, mtime: float) -> SourceClock:
     if m:
         return SourceClock(int(m[1]), int(m[2]))
     t = time.localtime(mtime if mtime > 0 else None)
-    return SourceClock(t.tm_year, 0)
+    return SourceClock(t.tm_year, 0, mtime_month=t.tm_mon)
 
 
 @dataclass

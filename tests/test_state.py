@@ -240,10 +240,8 @@ def test_december_to_january_within_one_chunk() -> None:
     assert run.last_timestamp == local(2027, 1, 1, 14, 26, 22.113322)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (reported, not fixed): with the year taken from the file time, a log "
-                   "begun in December and read after New Year gets the year of the file time for its December "
-                   "lines and then rolls over once more, one year into the future")
 def test_year_from_the_file_time_across_new_year() -> None:
+    """A log begun in December and read after New Year: its December lines are from the file time's year - 1."""
     lines = [_dated(DISPLAY_0[0], "1231"), _dated(DISPLAY_0[1], "0101")]
     run = feed(lines, "/logs/caffe.log", mtime=local(2027, 1, 1, 15, 0, 0))
     assert run.last_timestamp == local(2027, 1, 1, 14, 26, 22.113305)
