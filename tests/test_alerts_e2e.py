@@ -273,6 +273,7 @@ def test_nan_run_pages_and_healthy_run_is_quiet(stack: Stack, record_property: A
 
     assert page.path == "/page", f"critical alert routed to {page.path}, expected the pager"
     alert = next(a for a in firing_alerts(page) if a["labels"].get("run") == run_b)
+    print(f"{alert['labels']['alertname']}: {alert['annotations']['description']}")
     assert alert["labels"]["alertname"] in {"CaffeTrainingLossNonFinite", "CaffeLayerNonFinite"}
     assert alert["annotations"]["runbook_url"].endswith("#" + alert["labels"]["alertname"].lower())
     assert "caffe-run-detail" in alert["annotations"]["dashboard_url"]
