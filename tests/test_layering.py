@@ -1,0 +1,72 @@
+"""Imports go one way through the pipeline: tail -> parse -> state -> detect -> collectors -> serve; cli wires.
+
+Read from the modules' ASTs, so a new import that breaks the layering fails here, not in review.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).parent.parent / "exporter"
+
+# module -> the exporter modules it may import (the package root only gives __version__)
+ALLOWED: dict[str, set[str]] = {
+    "events": set(),
+    "tail": set(),
+    "identity": set(),
+    "parse": {"events"},
+    "state": {"events", "parse", "tail"},
+    "detect": {"parse", "state"},
+    "pipeline": {"state", "tail"},
+    "collectors.runs": {"state"},
+    "collectors.anomalies": {"detect", "state"},
+    "collectors.selfmetrics": {"exporter", "collectors.runs", "pipeline"},
+    "serve": {"exporter"},
+    "config": {"detect", "identity"},
+    "diagnose": {"detect", "identity", "state", "tail"},
+    "demo": {"config", "identity"},
+}
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE).with_suffix("")
+    return ".".join(rel.parts)
+
+
+def _imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("exporter"):
+            name = node.module.removeprefix("exporter").lstrip(".")
+            if name:
+                found.add(name)
+            else:  # `from exporter import x`: x is a module, or an attribute of the package root
+                for alias in node.names:
+                    found.add(alias.name if (PACKAGE / f"{alias.name}.py").exists() else "exporter")
+        elif isinstance(node, ast.Import):
+            found |= {a.name.removeprefix("exporter.") for a in node.names if a.name.startswith("exporter.")}
+    return found
+
+
+MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p.name not in ("__init__.py", "__main__.py"))
+
+
+@pytest.mark.parametrize("path", MODULES, ids=_module_name)
+def test_module_imports_only_earlier_stages(path: Path) -> None:
+    name = _module_name(path)
+    if name == "cli":
+        return  # the one module that wires every stage together
+    assert name in ALLOWED, f"{name}: new module, add its place in the pipeline to ALLOWED"
+    assert _imports(path) <= ALLOWED[name], f"{name} imports {sorted(_imports(path) - ALLOWED[name])}"
+
+
+def test_parse_is_pure() -> None:
+    """No files, clock or logging in the parser: it is tested with literal strings."""
+    tree = ast.parse((PACKAGE / "parse.py").read_text())
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    modules = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert "open" not in names
+    assert not modules & {"time", "logging", "os", "io"}
