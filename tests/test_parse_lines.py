@@ -14,7 +14,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, get_args
 
 import pytest
 
@@ -120,7 +120,7 @@ def test_every_parse_regex_matches_an_annotated_line(name: str) -> None:
 
 def test_every_event_type_is_annotated() -> None:
     annotated = {a.expect["event"] for a in ANNOTATED if a.expect is not None}
-    kinds = {t.__name__ for t in events.Event.__args__}  # type: ignore[attr-defined]
+    kinds = {t.__name__ for t in get_args(events.Event)}
     assert kinds <= annotated, f"event types without an annotated line: {sorted(kinds - annotated)}"
 
 
