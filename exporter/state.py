@@ -293,7 +293,8 @@ class RunState:
             self.debug_lines[th.phase, "backward"] += nbwd
         if nupd:
             self.debug_lines[th.phase, "update"] += nupd
-        th.block_lines += nfwd + nbwd
+        if th.phase == "train":  # a display block is the training net's lines; test-net lines are not in it
+            th.block_lines += nfwd + nbwd
 
     def _stamp(self, text: str, clock: SourceClock) -> None:
         last = None
@@ -411,7 +412,8 @@ class RunState:
             self.backward[key] = v
             kind = "diff"
         self.debug_lines[phase, stage] += 1
-        th.block_lines += 1
+        if phase == "train":
+            th.block_lines += 1
         if not math.isfinite(v):
             self._nonfinite(th, stage, layer, blob, kind, v, line_no, path)
 

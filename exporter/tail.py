@@ -76,6 +76,7 @@ class TailStats:
     truncations: int = 0
     read_errors: int = 0
     files_watched: int = 0
+    files_unreadable: int = 0  # paths in a failure episode now (read_errors counts an episode only once)
     last_read_time: float = 0.0
 
 
@@ -353,11 +354,13 @@ class Tailer:
         if self._errors.get(path) != key:
             self._errors[path] = key
             self.stats.read_errors += 1
+            self.stats.files_unreadable = len(self._errors)
 
     def _ok(self, path: str, op: str) -> None:
         """``op`` on ``path`` succeeded: a failure episode of that operation is over."""
         if self._errors and self._errors.get(path, "").startswith(op + ":"):
             del self._errors[path]
+            self.stats.files_unreadable = len(self._errors)
 
     # polling ----------------------------------------------------------------------------------
 
@@ -391,6 +394,7 @@ class Tailer:
         live = {c.path for c in candidates} | set(self._files)
         for path in [p for p in self._errors if p not in live]:
             del self._errors[path]
+        self.stats.files_unreadable = len(self._errors)
 
     def _service(
         self, f: _File, candidates: list[_Candidate], ident: Callable[[str], FileId | None]

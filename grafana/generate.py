@@ -414,16 +414,17 @@ def query_var(name: str, label: str, query: str, multi: bool = False, include_al
 
 
 def stall_var() -> Json:
-    choices = [("5m", "300"), ("15m", "900"), ("1h", "3600"), ("6h", "21600")]
+    choices = [("5m", "300"), ("15m", "900"), ("30m", "1800"), ("1h", "3600"), ("6h", "21600")]
     return {
-        "current": {"text": "15m", "value": "900"},
+        # 30m: the CaffeTrainingStalled alert's threshold, so the dashboard and the page agree by default
+        "current": {"text": "30m", "value": "1800"},
         "description": "A run whose newest log line is older than this (and did not finish) is 'stalled'.",
         "hide": 0,
         "includeAll": False,
         "label": "Stalled after",
         "multi": False,
         "name": "stall",
-        "options": [{"selected": v == "900", "text": t, "value": v} for t, v in choices],
+        "options": [{"selected": v == "1800", "text": t, "value": v} for t, v in choices],
         "query": ", ".join(f"{t} : {v}" for t, v in choices),
         "type": "custom",
     }
@@ -984,8 +985,12 @@ def health() -> Json:
     )
     files = timeseries(
         "Files watched over time",
-        "Log files open for tailing over time (caffe_exporter_files_watched).",
-        targets((sel("caffe_exporter_files_watched", INST), "{{instance}}")),
+        "Log files open for tailing over time (caffe_exporter_files_watched), and paths that fail to open, "
+        "stat or read right now (caffe_exporter_files_unreadable).",
+        targets(
+            (sel("caffe_exporter_files_watched", INST), "{{instance}} watched"),
+            (sel("caffe_exporter_files_unreadable", INST), "{{instance}} unreadable"),
+        ),
     )
     series = timeseries(
         "Series per scrape",

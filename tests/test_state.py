@@ -87,6 +87,14 @@ def test_debug_lines_before_iteration_n_belong_to_iteration_n() -> None:
         "Iteration 10", "Iteration 20"]
 
 
+def test_test_net_lines_are_not_part_of_the_next_display_block() -> None:
+    """lenet_healthy tests every 100 iterations: the blocks after a test phase still hold the 33 train lines."""
+    rec = Recorder()
+    feed(HEALTHY, run=RunState(run="r", observers=[rec]))
+    assert [b.debug_lines for b in rec.blocks] == [33] * 30 + [0]  # the final `Iteration 300` has no block
+    assert any("Testing net" in ln for ln in HEALTHY[1120:])
+
+
 def test_iter_size_repeats_count_as_passes() -> None:
     """iter_size: 2 prints Forward/Backward/All-net-params twice per display line: the real block, twice."""
     rec = Recorder()

@@ -45,7 +45,10 @@ class ExporterCollector(Collector):
                                 "(rename rotation, new glog file).", t.rotations),
             CounterMetricFamily("caffe_exporter_file_truncations", "A file shrank below the read offset "
                                 "(copytruncate).", t.truncations),
-            CounterMetricFamily("caffe_exporter_read_errors", "Open, stat or read failures.", t.read_errors),
+            CounterMetricFamily("caffe_exporter_read_errors", "Open, stat or read failures (once per failure "
+                                "episode of a path).", t.read_errors),
+            GaugeMetricFamily("caffe_exporter_files_unreadable", "Log paths failing to open, stat or read right "
+                              "now.", t.files_unreadable),
             GaugeMetricFamily("caffe_exporter_last_read_timestamp_seconds", "Wall-clock time of the last read "
                               "that returned data.", t.last_read_time),
             CounterMetricFamily("caffe_exporter_series_dropped", "Per-layer series withheld because a run "

@@ -81,10 +81,12 @@ def test_dangling_symlink_is_counted_once_and_retried(tmp_path: Path) -> None:
     assert stats.read_errors == 1
     assert poll(tailer) == []
     assert stats.read_errors == 1  # the same failure episode is counted once
+    assert stats.files_unreadable == 1  # ...and is still going on
     target.write_bytes(b"".join(caffe_lines(3)))
     assert text(poll(tailer)) == decoded(caffe_lines(3))
     assert stats.files_watched == 1
     assert stats.read_errors == 1
+    assert stats.files_unreadable == 0
 
 
 def test_read_failing_with_eio_is_counted_and_does_not_stop_others(tmp_path: Path) -> None:
