@@ -5,7 +5,7 @@ Two entry points share one set of patterns:
 * `parse_line(line)` turns any single line into a typed `ParsedLine` (or `None` for lines that carry no
   training state). It knows every shape of `../docs/log-format.md`; the run state uses it for every line
   that is not a plain per-layer value.
-* `scan(text)` finds, in a chunk of complete lines, the lines worth looking at with one compiled regex.
+* `SCAN` / `SCAN_GLOG` find, in a chunk of complete lines, the lines worth looking at with one compiled regex.
   Per-layer lines with a finite value (all but a handful of the lines of a debug_info log) come back as
   raw groups so the hot loop in `state.py` needs no per-line Python parsing; every other interesting line
   comes back as a position for `parse_line`. That split is what makes the exporter read >1M lines/s.
@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Iterator
 
 from exporter.events import (
     ChildBlob,
@@ -217,19 +216,26 @@ def parse_line(line: str) -> ParsedLine | None:
 # --- the fast scan ------------------------------------------------------------------------------------
 
 _NUM = r"(\d+(?:\.\d+)?(?:e[-+]\d+)?)"
-SCAN = re.compile(
+_SCAN_BODY = (
     # The hot path: per-layer lines with a plain finite number, all but a few lines of a debug_info log.
     # The key ("conv1, top blob conv1") stays one string so the loop in state.py does one dict store;
     # `split_key` takes it apart, once per distinct key. lastindex 2: Forward (key, data),
     # 4: Backward (key, diff), 7: 2014-2015 Update (key, data, diff).
     r"\[(?:Forward\] Layer (.+) data: " + _NUM + r"$|Backward\] Layer (.+) diff: " + _NUM
     + r"$|Update\] Layer (.+) data: " + _NUM + r"; diff: " + _NUM + r"$)"
+    # lastindex 10: a per-layer NaN/Inf as glibc prints it (stage, key, value): after a divergence every
+    # line is one, so they skip parse_line too
+    + r"|\[(Forward|Backward)\] Layer (.+) (?:data|diff): ([-+]?(?:nan|inf))$"
     # no group: anything else that may carry state, handed to parse_line
     + r"|\[(?:Forward|Backward|Update)\]|-> (?:top|bottom|param) blob |Iteration \d|(?:Train|Test) net output"
     r"|Test score #|Test loss: |Snapshotting |Restoring previous|Resuming from |Solving |Optimization "
-    r"|Initializing net from|Log file created at: ",
-    re.M,
+    r"|Initializing net from|Log file created at: "
 )
+SCAN = re.compile(_SCAN_BODY, re.M)
+# The same for chunks of glog-prefixed lines: every message follows "] ", a literal the regex engine can
+# search for, instead of trying each alternative at every character (25% faster on a debug_info log).
+# The one unprefixed line it cannot see, glog's file header, is read by state.py from the file start.
+SCAN_GLOG = re.compile(r"\] +(?:" + _SCAN_BODY + ")", re.M)
 _KEY = re.compile(r"(.+?), (top|bottom|param) blob (.+)")
 _UPDATE_KEY = re.compile(r"(.+?), param (.+)")
 
@@ -250,11 +256,6 @@ def split_update_key(key: str) -> tuple[str, str] | None:
 
 def layer_key(layer: str, role: str, blob: str) -> str:
     return f"{layer}, {role} blob {blob}"
-
-
-def scan(text: str, pos: int = 0) -> Iterator[re.Match[str]]:
-    """Matches in a chunk of complete lines: `m.lastindex` 2, 4 or 7 = fast value (see SCAN), else `line_at`."""
-    return SCAN.finditer(text, pos)
 
 
 def line_at(text: str, pos: int) -> tuple[int, int]:

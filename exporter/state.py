@@ -48,6 +48,7 @@ from exporter.events import (
 from exporter.parse import (
     PREFIX_AT_LINE_START,
     SCAN,
+    SCAN_GLOG,
     is_dump_line,
     layer_key,
     line_at,
@@ -61,6 +62,7 @@ from exporter.tail import Chunk
 
 Value = str | float  # the fast path stores the number as printed; float() reads both
 PHASES = ("train", "test")
+_STAGES = {"Forward": "forward", "Backward": "backward"}
 _DEBUG_TID = re.compile(r" (\d+) net\.cpp:\d+\]")
 _GLOG_NAME_DATE = re.compile(r"\.(\d{4})(\d\d)(\d\d)-\d{6}\.\d+$")
 
@@ -213,6 +215,16 @@ class RunState:
             pos = self._consume_dump(text, 0)
         tid = self._debug_tid(text)
         fast = tid is not None
+        # glog's file header is the one unprefixed line SCAN_GLOG cannot see: at the start of the file
+        # (read here) or, in glog files concatenated into one, anywhere (then the chunk takes SCAN)
+        scanner = SCAN_GLOG if tid and "\nLog file created at: " not in text else SCAN
+        if scanner is SCAN_GLOG and pos == 0 and text.startswith("Log file created at: "):
+            end = text.find("\n")
+            pl = parse_line(text[:end])
+            if pl is not None:
+                self._apply(pl, tid, clock, line_no, path)
+                parsed += 1
+            pos = end + 1
         th = self.thread(tid or "")
         fwd, bwd = self.forward[th.phase], self.backward
         udata, udiff = self.update_data, self.update_diff
@@ -220,7 +232,7 @@ class RunState:
         done_to = -1
         while pos >= 0:
             resume = -1
-            for m in SCAN.finditer(text, pos):
+            for m in scanner.finditer(text, pos):
                 li = m.lastindex
                 if li == 2 and fast:
                     key, v = m.group(1, 2)
@@ -248,6 +260,14 @@ class RunState:
                     nfwd = nbwd = nupd = 0
                 line_no += text.count("\n", counted, start)
                 counted = start
+                if li == 10 and fast:
+                    stage, key, v = m.group(8, 9, 10)
+                    parts = split_key(key)
+                    if parts is not None:
+                        parsed += 1
+                        self._layer_value(th, _STAGES[stage], parts[0], parts[1], parts[2], float(v), line_no,
+                                          path)
+                        continue
                 pl = parse_line(text[start:end])
                 if pl is None:
                     continue
