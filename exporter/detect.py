@@ -265,6 +265,9 @@ class Finding:
         return cls(**{f.name: d[f.name] for f in fields(cls)})
 
 
+ORDER_FIELDS = ("stage", "layer", "blob", "kind", "value", "line")  # of the "turned non-finite" order
+
+
 def nv_dict(nv: NonfiniteValue | None) -> dict[str, Any] | None:
     """A non-finite value as JSON (the origin records of the report)."""
     if nv is None:
@@ -456,14 +459,8 @@ class Analysis:
             seen: dict[tuple[str, str], dict[str, Any]] = {}
             for nv in per_layer:
                 if (nv.stage, nv.layer) not in seen and len(seen) < 50:
-                    seen[nv.stage, nv.layer] = {
-                        "stage": nv.stage,
-                        "layer": nv.layer,
-                        "blob": nv.blob,
-                        "kind": nv.kind,
-                        "value": nv.value,
-                        "line": nv.line,
-                    }
+                    record = nv_dict(nv) or {}
+                    seen[nv.stage, nv.layer] = {k: record[k] for k in ORDER_FIELDS}
             self.nonfinite_order = list(seen.values())
             if self.snapshots:
                 self.largest_before = _largest(self.snapshots[-1], self.window[-1][0], 5)

@@ -177,7 +177,7 @@ def read_runs(
             error = "no Caffe log lines found"
         if error is not None:
             errors.append({"path": path, "error": error})
-        files.append({"path": path, "caffe_lines": parsed, "error": error})
+        files.append({"path": path, "parsed_lines": parsed, "error": error})
     return registry, files, errors
 
 
