@@ -3,7 +3,7 @@
 Two entry points share one set of patterns:
 
 * `parse_line(line)` turns any single line into a typed `ParsedLine` (or `None` for lines that carry no
-  training state). It knows every shape of `../docs/log-format.md`; the run state uses it for every line
+  training state). It knows every shape of `docs/log-format.md`; the run state uses it for every line
   that is not a plain per-layer value.
 * `SCAN` / `SCAN_GLOG` find, in a chunk of complete lines, the lines worth looking at with one compiled regex.
   Per-layer lines with a finite value (all but a handful of the lines of a debug_info log) come back as

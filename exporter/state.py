@@ -63,6 +63,7 @@ from exporter.tail import Chunk
 Value = str | float  # the fast path stores the number as printed; float() reads both
 PHASES = ("train", "test")
 _STAGES = {"Forward": "forward", "Backward": "backward"}
+MAX_DUMP_LINES = 200_000  # a NetParameter dump longer than this is no dump (keeps memory bounded)
 _DEBUG_TID = re.compile(r" (\d+) net\.cpp:\d+\]")
 _GLOG_NAME_DATE = re.compile(r"\.(\d{4})(\d\d)(\d\d)-\d{6}\.\d+$")
 
@@ -334,7 +335,7 @@ class RunState:
             end = text.find("\n", pos)
             end = n if end < 0 else end
             line = text[pos:end]
-            if not is_dump_line(line):
+            if not is_dump_line(line) or len(self.dump) >= MAX_DUMP_LINES:
                 self._close_dump()
                 return pos
             self.dump.append(line)
