@@ -58,7 +58,7 @@ def replay(root: Path, pace: float, loops: int, stop: threading.Event) -> None:
             if stop.wait(pace):
                 return
         loop += 1
-        log.info("demo: replay %d done, starting over", loop)
+        log.info("demo: replay %d done", loop)
     stop.set()
 
 

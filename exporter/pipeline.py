@@ -5,17 +5,21 @@ The lock is shared with the collectors so a scrape never sees a half-applied chu
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 
 from exporter.state import RunRegistry
 from exporter.tail import Chunk, TailStats
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class LineStats:
     parsed: int = 0  # lines that carried Caffe state
     skipped: int = 0  # every other line (setup noise, protobuf dumps, junk)
+    failed: int = 0  # lines of chunks whose processing raised (a bug): logged, counted, and the daemon goes on
 
 
 @dataclass
@@ -28,6 +32,12 @@ class Pipeline:
     def on_chunk(self, chunk: Chunk) -> None:
         total = chunk.text.count("\n")
         with self.lock:
-            parsed = self.registry.feed(chunk)
+            try:
+                parsed = self.registry.feed(chunk)
+            except Exception:
+                # A tailing thread that died would leave every run frozen with no sign: keep reading.
+                log.exception("failed to process %d lines of %s from line %d", total, chunk.path, chunk.first_line)
+                self.lines.failed += total
+                return
             self.lines.parsed += parsed
             self.lines.skipped += total - parsed

@@ -24,16 +24,20 @@ class ExporterCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         p, t = self._pipeline, self._pipeline.tail_stats
         with p.lock:
-            parsed, skipped, nruns = p.lines.parsed, p.lines.skipped, len(p.registry.runs)
+            parsed, skipped, failed, nruns = p.lines.parsed, p.lines.skipped, p.lines.failed, len(p.registry.runs)
         info = GaugeMetricFamily("caffe_exporter_build_info", "caffe-exporter version and Python version.",
                                  labels=["version", "python_version"])
         info.add_metric([__version__, platform.python_version()], 1)
-        lines = CounterMetricFamily("caffe_exporter_lines", "Lines read, by outcome: parsed (a known Caffe "
-                                    "line), skipped (anything else), oversized (over max_line_bytes, dropped).",
-                                    labels=["outcome"])
+        lines = CounterMetricFamily(
+            "caffe_exporter_lines",
+            "Lines read, by outcome: parsed (a known Caffe line), skipped (anything else), oversized (over "
+            "max_line_bytes, dropped), failed (processing raised: a bug, see the exporter's log).",
+            labels=["outcome"],
+        )
         lines.add_metric(["parsed"], parsed)
         lines.add_metric(["skipped"], skipped)
         lines.add_metric(["oversized"], t.lines_oversized)
+        lines.add_metric(["failed"], failed)
         return [
             info,
             lines,
