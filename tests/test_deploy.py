@@ -540,11 +540,13 @@ def test_build_context_builds_a_wheel(tmp_path: Path) -> None:
     for rel in _build_context():
         (ctx / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / rel, ctx / rel)
-    r = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(ctx)],
+    # --no-build-isolation: the installed setuptools builds it; tests send no traffic beyond loopback
+    r = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+              str(tmp_path / "dist"), str(ctx)],
              env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
     assert r.returncode == 0, (
-        "pip wheel on the .dockerignore-filtered build context failed (it needs setuptools>=68 from the package "
-        f"index for the isolated build):\n{r.stdout}{r.stderr}")
+        "pip wheel on the .dockerignore-filtered build context failed (it builds with the installed "
+        f"setuptools, >= 61):\n{r.stdout}{r.stderr}")
     (wheel,) = (tmp_path / "dist").glob("caffe_exporter-*.whl")
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
