@@ -798,8 +798,7 @@ def run_detail() -> Json:
     nonfinite_layers = bargauge(
         "Non-finite values by layer",
         "NaN/Inf values read per phase, pass, layer and blob (caffe_nonfinite_values_total); an empty layer "
-        "is the "
-        "net-wide 'All net params' line or the loss. " + nonfinite,
+        "is the net-wide 'All net params' line or the loss. " + nonfinite,
         targets(
             (
                 f"sum by (phase, stage, layer, blob) ({sel('caffe_nonfinite_values_total')}) > 0",
@@ -811,8 +810,7 @@ def run_detail() -> Json:
     layers = table(
         "Layers in forward order",
         "The net's layers (caffe_layer_info): index = position in forward order (000 = input side), layer "
-        "type "
-        "from the 'Initializing net from parameters' block, per phase.",
+        "type from the 'Initializing net from parameters' block, per phase.",
         targets((f"max by (phase, index, layer, type) ({sel('caffe_layer_info')})", ""), table=True),
         transformations=[
             {
@@ -955,8 +953,8 @@ def health() -> Json:
     outcomes = bargauge(
         "Lines by outcome (time range)",
         "Lines read during the dashboard time range by outcome (increase of caffe_exporter_lines_total): "
-        "parsed, "
-        "skipped, oversized. Many 'oversized' lines mean max_line_bytes is too small.",
+        "parsed, skipped, oversized, failed. Many 'oversized' lines mean max_line_bytes is too small; "
+        "'failed' lines are a bug (the exporter's log has the traceback).",
         targets(
             (
                 f"sum by (outcome) (increase({sel('caffe_exporter_lines_total', INST)}[$__range]))",
