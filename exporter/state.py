@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import calendar
 import math
+import posixpath
 import re
 import time
 from collections import Counter
@@ -613,6 +614,17 @@ def _spelling(v: float) -> str:
     return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
 
 
+def _disambiguations(name: str, path: str) -> Iterator[str]:
+    yield name
+    parts = [p for p in posixpath.dirname(path).split("/") if p not in ("", ".")]
+    for depth in range(1, len(parts)):
+        yield "/".join([*parts[-depth - 1 : -1], name])
+    n = 2
+    while True:
+        yield f"{name}~{n}"
+        n += 1
+
+
 def _clock_for(path: str, mtime: float) -> SourceClock:
     """Year of a classic glog prefix: glog's file name, else the file's time (refined by the header)."""
     m = _GLOG_NAME_DATE.search(path)
@@ -634,10 +646,20 @@ class RunRegistry:
     def feed(self, chunk: Chunk) -> int:
         run = self._by_path.get(chunk.path)
         if run is None:
-            name, labels = self.identify(chunk.path)
-            run = self.runs.get(name)
-            if run is None:
-                run = self.runs[name] = RunState(run=name, labels=labels)
-                run.observers = self.make_observers(run)
-            self._by_path[chunk.path] = run
+            run = self._by_path[chunk.path] = self._run_for(chunk.path)
         return run.feed(chunk)
+
+    def _run_for(self, path: str) -> RunState:
+        """The run of a new path: files of one directory share a run (glog starts a new file on restart);
+        two jobs whose names collide (`/a/exp1/caffe.log`, `/b/exp1/caffe.log`) are told apart by the
+        directories above, else by a `~N` suffix."""
+        name, labels = self.identify(path)
+        for candidate in _disambiguations(name, path):
+            run = self.runs.get(candidate)
+            if run is None:
+                run = self.runs[candidate] = RunState(run=candidate, labels=labels)
+                run.observers = self.make_observers(run)
+                return run
+            if any(posixpath.dirname(src) == posixpath.dirname(path) for src in run.sources) or not run.sources:
+                return run
+        raise AssertionError("unreachable: _disambiguations ends with unused names")

@@ -306,3 +306,25 @@ def test_a_restored_state_continues_like_the_original() -> None:
     feed(lines[cut:], path, run=restored, first_line=cut + 1)
     whole = feed(lines, path)
     assert json.dumps(restored.to_dict(), sort_keys=True) == json.dumps(whole.to_dict(), sort_keys=True)
+
+
+# -- run names -----------------------------------------------------------------------------------------
+
+
+def test_two_jobs_with_the_same_directory_name_stay_two_runs() -> None:
+    """`/data/alice/exp1/caffe.log` and `/data/bob/exp1/caffe.log` both default to `exp1`: never merged."""
+    registry = RunRegistry(identify=RunNamer())
+    for path in ("/data/alice/exp1/caffe.log", "/data/bob/exp1/caffe.log", "/data/alice/exp1/caffe.log"):
+        registry.feed(Chunk(path, "".join(ln + "\n" for ln in DISPLAY_0), 1, True, 0.0))
+    assert sorted(registry.runs) == ["bob/exp1", "exp1"]
+    assert registry.runs["exp1"].sources == ["/data/alice/exp1/caffe.log"]
+    assert registry.runs["exp1"].display_iterations == 2
+
+
+def test_glog_files_of_one_directory_stay_one_run() -> None:
+    registry = RunRegistry(identify=RunNamer())
+    for pid in ("4242", "4343"):  # a restart: glog opens a new file in the same directory
+        path = f"/jobs/exp1/caffe.node1.alice.log.INFO.20261126-143014.{pid}"
+        registry.feed(Chunk(path, "".join(ln + "\n" for ln in DISPLAY_0), 1, True, 0.0))
+    assert list(registry.runs) == ["exp1"]
+    assert registry.runs["exp1"].display_iterations == 2
