@@ -14,7 +14,7 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from exporter import __version__, config
 from exporter.collectors.anomalies import AnomalyCollector
@@ -39,6 +39,8 @@ def build(cfg: config.Config) -> tuple[Pipeline, CollectorRegistry]:
     registry.register(run_collector)
     registry.register(AnomalyCollector(runs, pipeline.lock))
     registry.register(ExporterCollector(pipeline, run_collector))
+    ProcessCollector(registry=registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+    PlatformCollector(registry=registry)  # python_info
     return pipeline, registry
 
 

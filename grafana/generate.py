@@ -1003,11 +1003,25 @@ def health() -> Json:
         unit="s",
         legend_calcs=["mean", "max"],
     )
+    cpu = timeseries(
+        "Exporter CPU",
+        "CPU the exporter process uses, in cores (rate of prometheus_client's process_cpu_seconds_total): "
+        "what tailing and parsing all runs of the node costs.",
+        targets((f"rate({sel('process_cpu_seconds_total', INST)}[$__rate_interval])", "{{instance}}")),
+        unit="percentunit",
+        legend_calcs=["mean", "max"],
+    )
+    memory = timeseries(
+        "Exporter memory",
+        "Resident memory of the exporter process (process_resident_memory_bytes).",
+        targets((sel("process_resident_memory_bytes", INST), "{{instance}}")),
+        unit="bytes",
+        legend_calcs=["mean", "max"],
+    )
     fresh_expr = f"time() - {sel('caffe_last_log_timestamp_seconds')}"
     freshness_desc = (
         "Seconds since the newest log line of each run (time() - caffe_last_log_timestamp_seconds, glog "
-        "time of "
-        "the line). A training run that stops logging grows here; finished runs grow too."
+        "time of the line). A training run that stops logging grows here; finished runs grow too."
     )
     freshness = bargauge(
         "Run freshness",
@@ -1030,6 +1044,7 @@ def health() -> Json:
             [(lines, 12, 8), (read_bytes, 12, 8)],
             [(outcomes, 8, 8), (file_events, 8, 8), (files, 8, 8)],
             [(series, 12, 8), (duration, 12, 8)],
+            [(cpu, 12, 8), (memory, 12, 8)],
             [(freshness, 12, 8), (freshness_ts, 12, 8)],
         ]
     )
@@ -1037,7 +1052,7 @@ def health() -> Json:
         UID_HEALTH,
         "Caffe exporter health",
         "The caffe-exporter process itself: files, read throughput, parse outcomes, rotations, "
-        "errors, scrape size and duration, and how fresh each run's log is.",
+        "errors, scrape size and duration, CPU and memory, and how fresh each run's log is.",
         common_vars(run_multi=True),
         panels,
     )
