@@ -11,12 +11,13 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from types import FrameType
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
-from exporter import __version__, config
+from exporter import __version__, checkpoint, config
 from exporter.collectors.anomalies import AnomalyCollector
 from exporter.collectors.runs import RunCollector
 from exporter.collectors.selfmetrics import ExporterCollector
@@ -25,7 +26,7 @@ from exporter.identity import RunNamer, SourceRule
 from exporter.pipeline import Pipeline
 from exporter.serve import make_app, start_server
 from exporter.state import RunRegistry
-from exporter.tail import Tailer, TailStats, follow, read_stream
+from exporter.tail import FilePosition, Tailer, TailStats, follow, read_stream
 
 log = logging.getLogger("caffe_exporter")
 
@@ -52,6 +53,7 @@ def serve(cfg: config.Config, stop: threading.Event) -> None:
         with pipeline.lock:
             return [(r.run, ", ".join(r.sources)) for r in pipeline.registry.runs.values()]
 
+    positions = _restore(cfg, pipeline)
     host, port = config.parse_listen(cfg.listen, "--listen")
     server, _ = start_server(make_app(registry, runs), host, port)
     log.info("caffe-exporter %s listening on %s:%d, sources %s", __version__, host, port,
@@ -67,9 +69,14 @@ def serve(cfg: config.Config, stop: threading.Event) -> None:
         threads.append(threading.Thread(target=stdin, name="stdin", daemon=True))
         paths.remove("-")
     tailer = None
+    saver = None
     if paths:
         tailer = Tailer(paths, start_at_end=cfg.start_at == "end", max_line_bytes=cfg.max_line_bytes,
-                        read_bytes=cfg.read_bytes, stats=pipeline.tail_stats)
+                        read_bytes=cfg.read_bytes, stats=pipeline.tail_stats, positions=positions)
+        if cfg.checkpoint_file:
+            saver = checkpoint.Checkpointer(cfg.checkpoint_file, cfg.checkpoint_interval, pipeline.registry,
+                                            tailer.positions, time.monotonic)
+            pipeline.after_chunk = saver.maybe_save
         threads.append(threading.Thread(
             target=follow, args=(tailer, pipeline.on_chunk, stop),
             kwargs={"force_polling": cfg.poll, "poll_interval": cfg.poll_interval}, name="tail", daemon=True))
@@ -80,10 +87,30 @@ def serve(cfg: config.Config, stop: threading.Event) -> None:
     finally:
         server.shutdown()
         server.server_close()
+        for t in threads:
+            t.join(timeout=5)
+        if saver is not None:
+            with pipeline.lock:
+                saver.save()
         if tailer is not None:
-            for t in threads:
-                t.join(timeout=5)
             tailer.close()
+
+
+def _restore(cfg: config.Config, pipeline: Pipeline) -> dict[str, FilePosition]:
+    """Runs and offsets from the checkpoint file, if one is configured and usable."""
+    if not cfg.checkpoint_file:
+        return {}
+    try:
+        data = checkpoint.read(cfg.checkpoint_file)
+        if data is None:
+            return {}
+        positions = checkpoint.restore(data, pipeline.registry, cfg.detectors)
+    except checkpoint.CheckpointError as e:
+        log.error("%s; starting without it", e)
+        return {}
+    log.info("restored %d runs and %d file offsets from %s", len(pipeline.registry.runs), len(positions),
+             cfg.checkpoint_file)
+    return positions
 
 
 def _install_signals(stop: threading.Event) -> None:
@@ -108,6 +135,8 @@ def _config_from_args(args: argparse.Namespace) -> config.Config:
         changes["poll"] = True
     if args.poll_interval:
         changes["poll_interval"] = args.poll_interval
+    if args.checkpoint_file:
+        changes["checkpoint_file"] = args.checkpoint_file
     return dataclasses.replace(cfg, **changes)  # type: ignore[arg-type]
 
 
@@ -130,6 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "(default) or only what is appended from now on")
     p.add_argument("--poll", action="store_true", help="poll with stat() instead of inotify (network filesystems)")
     p.add_argument("--poll-interval", type=float, help="seconds between polls (default 1)")
+    p.add_argument("--checkpoint-file", help="save offsets and run state here, and continue from it after a restart")
     p.add_argument("--log-level", default="INFO")
     d = sub.add_parser("demo", help="serve metrics from a real Caffe log replayed live (no Caffe needed)")
     d.add_argument("--listen", default="127.0.0.1:10052")

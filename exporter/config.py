@@ -33,6 +33,8 @@ class Config:
     max_line_bytes: int = 1 << 20
     read_bytes: int = 4 << 20
     max_series_per_run: int = 20000
+    checkpoint_file: str = ""  # offsets and state saved here so a restart continues (docs/configuration.md)
+    checkpoint_interval: float = 30.0
     detectors: DetectorConfig = field(default_factory=DetectorConfig)
 
 
@@ -99,7 +101,7 @@ def from_mapping(data: Any, where: str) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping of settings at the top level, got {type(data).__name__}")
     known = {"listen", "sources", "start_at", "poll", "poll_interval", "max_line_bytes", "read_bytes", "limits",
-             "detectors"}
+             "checkpoint_file", "checkpoint_interval", "detectors"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
@@ -127,7 +129,11 @@ def from_mapping(data: Any, where: str) -> Config:
         detectors = DetectorConfig.from_mapping(raw_detectors, where)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    return Config(listen, sources, start_at, poll, float(interval), max_line, read_bytes, max_series, detectors)
+    checkpoint_file = _get(data, "checkpoint_file", w, lambda v: isinstance(v, str), "a file path string", "")
+    checkpoint_interval = _get(data, "checkpoint_interval", w, lambda v: isinstance(v, int | float)
+                               and not isinstance(v, bool) and v > 0, "a positive number of seconds", 30.0)
+    return Config(listen, sources, start_at, poll, float(interval), max_line, read_bytes, max_series, checkpoint_file,
+                  float(checkpoint_interval), detectors)
 
 
 def load(path: str) -> Config:

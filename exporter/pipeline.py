@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from exporter.state import RunRegistry
@@ -28,6 +29,7 @@ class Pipeline:
     tail_stats: TailStats = field(default_factory=TailStats)
     lines: LineStats = field(default_factory=LineStats)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    after_chunk: Callable[[], None] | None = None  # called under the lock once a chunk is applied (checkpoints)
 
     def on_chunk(self, chunk: Chunk) -> None:
         total = chunk.text.count("\n")
@@ -41,3 +43,5 @@ class Pipeline:
                 return
             self.lines.parsed += parsed
             self.lines.skipped += total - parsed
+            if self.after_chunk is not None:
+                self.after_chunk()

@@ -649,6 +649,12 @@ class RunRegistry:
             run = self._by_path[chunk.path] = self._run_for(chunk.path)
         return run.feed(chunk)
 
+    def restore(self, run: RunState) -> None:
+        """Take back a run from a checkpoint: its sources route to it again."""
+        self.runs[run.run] = run
+        for src in run.sources:
+            self._by_path[src] = run
+
     def _run_for(self, path: str) -> RunState:
         """The run of a new path: files of one directory share a run (glog starts a new file on restart);
         two jobs whose names collide (`/a/exp1/caffe.log`, `/b/exp1/caffe.log`) are told apart by the

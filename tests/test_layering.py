@@ -28,6 +28,7 @@ ALLOWED: dict[str, set[str]] = {
     "config": {"detect", "identity"},
     "diagnose": {"detect", "identity", "state", "tail"},
     "demo": {"config", "identity"},
+    "checkpoint": {"detect", "state", "tail"},
 }
 
 
