@@ -61,6 +61,11 @@ from exporter.parse import (
 )
 from exporter.tail import Chunk
 
+try:
+    from exporter import _scan as _accel
+except ImportError:  # built without a C compiler: the pure-Python loop does the same, slower
+    _accel = None  # type: ignore[assignment]
+
 Value = str | float  # the fast path stores the number as printed; float() reads both
 PHASES = ("train", "test")
 _STAGES = {"Forward": "forward", "Backward": "backward"}
@@ -197,6 +202,8 @@ class RunState:
     dump: list[str] | None = None  # lines of an open `Initializing net from parameters` dump
     prev_display: tuple[int, float] | None = None  # (iteration, time) for speed from timestamps
     observers: list[BlockObserver] = field(default_factory=list, repr=False, compare=False)
+    # use the C scanner (exporter/_scan.c) when it was built; tests switch it off to compare both paths
+    accelerate: bool = field(default=True, repr=False, compare=False)
 
     # -- reading -------------------------------------------------------------------------------------
 
@@ -231,10 +238,13 @@ class RunState:
         fwd, bwd = self.forward[th.phase], self.backward
         udata, udiff = self.update_data, self.update_diff
         nfwd = nbwd = nupd = 0
+        tally = [0, 0, 0]  # per-layer lines the C scanner stored (forward, backward, update)
+        accelerated = self.accelerate and _accel is not None and scanner is SCAN_GLOG and text.isascii()
         done_to = -1
         while pos >= 0:
             resume = -1
-            for m in scanner.finditer(text, pos):
+            matches = self._accelerated(text, pos, th, tally) if accelerated else scanner.finditer(text, pos)
+            for m in matches:
                 li = m.lastindex
                 if li == 2 and fast:
                     key, v = m.group(1, 2)
@@ -256,6 +266,9 @@ class RunState:
                 if start <= done_to:
                     continue  # a second keyword on a line already handled
                 done_to = end
+                if tally[0] or tally[1] or tally[2]:
+                    nfwd, nbwd, nupd = nfwd + tally[0], nbwd + tally[1], nupd + tally[2]
+                    tally[:] = [0, 0, 0]
                 if nfwd or nbwd or nupd:
                     self._count_debug(th, nfwd, nbwd, nupd)
                     parsed += nfwd + nbwd + nupd
@@ -282,6 +295,7 @@ class RunState:
             else:
                 break
             pos = resume
+        nfwd, nbwd, nupd = nfwd + tally[0], nbwd + tally[1], nupd + tally[2]
         if nfwd or nbwd or nupd:
             self._count_debug(th, nfwd, nbwd, nupd)
             parsed += nfwd + nbwd + nupd
@@ -291,6 +305,24 @@ class RunState:
             del self.threads[key]
         self._stamp(text, clock)
         return parsed
+
+    def _accelerated(self, text: str, pos: int, th: ThreadState, tally: list[int]) -> Iterator[re.Match[str]]:
+        """SCAN_GLOG's matches from pos, except the plain per-layer value lines, which the C scanner stores
+        itself (into the dicts of the thread's current phase) and counts in `tally`."""
+        assert _accel is not None
+        n = len(text)
+        while pos < n:
+            stop, nf, nb, nu = _accel.scan(text, pos, n, self.forward[th.phase], self.backward, self.update_data,
+                                           self.update_diff)
+            tally[0] += nf
+            tally[1] += nb
+            tally[2] += nu
+            if stop >= n:
+                return
+            end = text.find("\n", stop)
+            end = n if end < 0 else end
+            yield from SCAN_GLOG.finditer(text, stop, end)
+            pos = end + 1
 
     def thread(self, tid: str) -> ThreadState:
         th = self.threads.get(tid)

@@ -18,7 +18,7 @@ ALLOWED: dict[str, set[str]] = {
     "tail": set(),
     "identity": set(),
     "parse": {"events"},
-    "state": {"events", "parse", "tail"},
+    "state": {"events", "parse", "tail", "_scan"},  # _scan: the optional C accelerator of its hot loop
     "detect": {"parse", "state"},
     "pipeline": {"state", "tail"},
     "collectors.runs": {"state"},
@@ -46,7 +46,8 @@ def _imports(path: Path) -> set[str]:
                 found.add(name)
             else:  # `from exporter import x`: x is a module, or an attribute of the package root
                 for alias in node.names:
-                    found.add(alias.name if (PACKAGE / f"{alias.name}.py").exists() else "exporter")
+                    is_module = any((PACKAGE / f"{alias.name}{ext}").exists() for ext in (".py", ".pyi"))
+                    found.add(alias.name if is_module else "exporter")
         elif isinstance(node, ast.Import):
             found |= {a.name.removeprefix("exporter.") for a in node.names if a.name.startswith("exporter.")}
     return found

@@ -1,0 +1,178 @@
+/* Optional accelerator for the hot loop of exporter/state.py (RunState.feed).
+ *
+ * scan(text, pos, end, fwd, bwd, udata, udiff) -> (stop, nfwd, nbwd, nupd)
+ *
+ * Reads the glog-prefixed lines of `text` from `pos` (a line start) and stores every plain per-layer value
+ * line into the dicts exactly as the Python loop over parse.SCAN_GLOG does:
+ *
+ *   ...]  [Forward] Layer KEY data: NUM      fwd[KEY] = NUM
+ *   ...]  [Backward] Layer KEY diff: NUM     bwd[KEY] = NUM
+ *   ...]  [Update] Layer KEY data: NUM; diff: NUM2   udata[KEY] = NUM, udiff[KEY] = NUM2
+ *
+ * (NUM = \d+(\.\d+)?(e[-+]\d+)?, KEY = the longest text before the last " data: "/" diff: ", the message
+ * found after the first "]" followed by spaces). It returns at the first line that is anything else,
+ * `stop` being its start (or `end`), and the Python code gives that line to the regex path, so the C code
+ * never has to know any other line shape. Only 1-byte (Latin-1/ASCII) strings are scanned; for others it
+ * returns at once with nothing done. tests/test_scan_accel.py checks it against the pure-Python path.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+#define IS_DIGIT(c) ((c) >= '0' && (c) <= '9')
+
+/* s[0:n] is exactly \d+(\.\d+)?(e[-+]\d+)? */
+static int
+is_num(const Py_UCS1 *s, Py_ssize_t n)
+{
+    Py_ssize_t i = 0;
+    if (n <= 0 || !IS_DIGIT(s[0]))
+        return 0;
+    while (i < n && IS_DIGIT(s[i]))
+        i++;
+    if (i < n && s[i] == '.') {
+        i++;
+        if (i >= n || !IS_DIGIT(s[i]))
+            return 0;
+        while (i < n && IS_DIGIT(s[i]))
+            i++;
+    }
+    if (i < n && s[i] == 'e') {
+        i++;
+        if (i >= n || (s[i] != '-' && s[i] != '+'))
+            return 0;
+        i++;
+        if (i >= n || !IS_DIGIT(s[i]))
+            return 0;
+        while (i < n && IS_DIGIT(s[i]))
+            i++;
+    }
+    return i == n;
+}
+
+/* Last occurrence of needle[0:k] in s[a:b], or -1. */
+static Py_ssize_t
+rfind(const Py_UCS1 *s, Py_ssize_t a, Py_ssize_t b, const char *needle, Py_ssize_t k)
+{
+    for (Py_ssize_t i = b - k; i >= a; i--)
+        if (s[i] == (Py_UCS1)needle[0] && memcmp(s + i, needle, (size_t)k) == 0)
+            return i;
+    return -1;
+}
+
+static int
+starts(const Py_UCS1 *s, Py_ssize_t i, Py_ssize_t e, const char *lit, Py_ssize_t k)
+{
+    return e - i >= k && memcmp(s + i, lit, (size_t)k) == 0;
+}
+
+static int
+store(PyObject *dict, PyObject *text, Py_ssize_t ka, Py_ssize_t kb, Py_ssize_t va, Py_ssize_t vb)
+{
+    PyObject *key = PyUnicode_Substring(text, ka, kb);
+    if (key == NULL)
+        return -1;
+    PyObject *value = PyUnicode_Substring(text, va, vb);
+    if (value == NULL) {
+        Py_DECREF(key);
+        return -1;
+    }
+    int rc = PyDict_SetItem(dict, key, value);
+    Py_DECREF(key);
+    Py_DECREF(value);
+    return rc;
+}
+
+enum { NOT_FAST = 0, FORWARD = 1, BACKWARD = 2, UPDATE = 3 };
+
+/* Classify the line s[a:e] and store it; returns its kind, or -1 on a Python error. */
+static int
+one_line(PyObject *text, const Py_UCS1 *s, Py_ssize_t a, Py_ssize_t e, PyObject *fwd, PyObject *bwd,
+         PyObject *udata, PyObject *udiff)
+{
+    /* the message: after the first ']' that is followed by a space (the only place SCAN_GLOG can match) */
+    Py_ssize_t i = a;
+    for (;;) {
+        const Py_UCS1 *p = memchr(s + i, ']', (size_t)(e - i));
+        if (p == NULL)
+            return NOT_FAST;
+        i = p - s + 1;
+        if (i < e && s[i] == ' ')
+            break;
+    }
+    while (i < e && s[i] == ' ')
+        i++;
+    if (starts(s, i, e, "[Forward] Layer ", 16)) {
+        Py_ssize_t k = i + 16, m = rfind(s, k, e, " data: ", 7);
+        if (m <= k || !is_num(s + m + 7, e - m - 7))
+            return NOT_FAST;
+        return store(fwd, text, k, m, m + 7, e) < 0 ? -1 : FORWARD;
+    }
+    if (starts(s, i, e, "[Backward] Layer ", 17)) {
+        Py_ssize_t k = i + 17, m = rfind(s, k, e, " diff: ", 7);
+        if (m <= k || !is_num(s + m + 7, e - m - 7))
+            return NOT_FAST;
+        return store(bwd, text, k, m, m + 7, e) < 0 ? -1 : BACKWARD;
+    }
+    if (starts(s, i, e, "[Update] Layer ", 15)) {
+        Py_ssize_t k = i + 15, m = rfind(s, k, e, " data: ", 7);
+        if (m <= k)
+            return NOT_FAST;
+        Py_ssize_t d = rfind(s, m + 7, e, "; diff: ", 8);
+        if (d < 0 || !is_num(s + m + 7, d - m - 7) || !is_num(s + d + 8, e - d - 8))
+            return NOT_FAST;
+        if (store(udata, text, k, m, m + 7, d) < 0 || store(udiff, text, k, m, d + 8, e) < 0)
+            return -1;
+        return UPDATE;
+    }
+    return NOT_FAST;
+}
+
+static PyObject *
+scan(PyObject *self, PyObject *args)
+{
+    PyObject *text, *fwd, *bwd, *udata, *udiff;
+    Py_ssize_t pos, end;
+    if (!PyArg_ParseTuple(args, "UnnO!O!O!O!", &text, &pos, &end, &PyDict_Type, &fwd, &PyDict_Type, &bwd,
+                          &PyDict_Type, &udata, &PyDict_Type, &udiff))
+        return NULL;
+    Py_ssize_t len = PyUnicode_GET_LENGTH(text);
+    if (pos < 0 || end > len || pos > end) {
+        PyErr_SetString(PyExc_ValueError, "scan: pos/end out of range");
+        return NULL;
+    }
+    Py_ssize_t counts[4] = {0, 0, 0, 0};
+    if (PyUnicode_KIND(text) != PyUnicode_1BYTE_KIND)
+        return Py_BuildValue("nnnn", pos, (Py_ssize_t)0, (Py_ssize_t)0, (Py_ssize_t)0);
+    const Py_UCS1 *s = PyUnicode_1BYTE_DATA(text);
+    Py_ssize_t a = pos;
+    while (a < end) {
+        const Py_UCS1 *nl = memchr(s + a, '\n', (size_t)(end - a));
+        Py_ssize_t e = nl == NULL ? end : nl - s;
+        int kind = one_line(text, s, a, e, fwd, bwd, udata, udiff);
+        if (kind < 0)
+            return NULL;
+        if (kind == NOT_FAST)
+            break;
+        counts[kind]++;
+        a = nl == NULL ? end : e + 1;
+    }
+    return Py_BuildValue("nnnn", a, counts[FORWARD], counts[BACKWARD], counts[UPDATE]);
+}
+
+static PyMethodDef methods[] = {
+    {"scan", scan, METH_VARARGS,
+     "scan(text, pos, end, fwd, bwd, udata, udiff) -> (stop, nfwd, nbwd, nupd): store plain per-layer "
+     "value lines from pos on; stop at the first other line."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "exporter._scan", "Optional C accelerator of RunState.feed's hot loop.", -1, methods,
+};
+
+PyMODINIT_FUNC
+PyInit__scan(void)
+{
+    return PyModule_Create(&module);
+}
