@@ -59,14 +59,18 @@ ORIGIN_LAYER = "res4c_branch2b"
 # --------------------------------------------------------------------------------------------------
 
 
-def child_exporter(log: str, out: str, report: str, profile: str | None, read_bytes: int | None) -> int:
+def child_exporter(log: str, out: str, report: str, profile: str | None, read_bytes: int | None,
+                   pure_python: bool = False) -> int:
     t_start = time.perf_counter()
     import dataclasses
     import resource
 
     from prometheus_client import generate_latest
 
-    from exporter import cli, config
+    from exporter import cli, config, state
+
+    if pure_python:  # measure the fallback used where exporter/_scan.c could not be compiled
+        state._accel = None
     from exporter.identity import SourceRule
     from exporter.tail import Tailer
 
@@ -229,8 +233,9 @@ def build_cases(args: argparse.Namespace, log: str, outdir: str, src: str) -> li
     env = dict(os.environ)
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     cases = [{
-        "name": "caffe-exporter",
+        "name": "caffe-exporter" + (" (pure Python)" if args.pure_python else ""),
         "desc": "Tailer -> Pipeline.on_chunk -> generate_latest, via exporter.cli.build" + (
+            ", C accelerator disabled" if args.pure_python else "") + (
             f", taskset -c {args.cpu}" if pin else ", not pinned (no taskset)"),
         "kind": "exporter",
         "pinned": bool(pin),
@@ -238,7 +243,8 @@ def build_cases(args: argparse.Namespace, log: str, outdir: str, src: str) -> li
         "argv": lambda rep: [*pin, sys.executable, os.path.abspath(__file__), "--child-exporter", log,
                              "--child-out", os.path.join(outdir, f"exporter.{rep}.prom"),
                              "--child-report", os.path.join(outdir, f"exporter.{rep}.json"),
-                             *(["--read-bytes", str(args.read_bytes)] if args.read_bytes else [])],
+                             *(["--read-bytes", str(args.read_bytes)] if args.read_bytes else []),
+                             *(["--pure-python"] if args.pure_python else [])],
     }]
     peer_pin = pin if args.pin_peers else []
     mtail = shutil.which("mtail")
@@ -438,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=900, help="seconds per subprocess (default 900)")
     ap.add_argument("--profile", action="store_true",
                     help="afterwards run the exporter once more under cProfile; print the top 15 by tottime")
+    ap.add_argument("--pure-python", action="store_true",
+                    help="disable the C accelerator (exporter/_scan.c) in the exporter case: the fallback's speed")
     ap.add_argument("--child-exporter", help=argparse.SUPPRESS)
     ap.add_argument("--child-out", help=argparse.SUPPRESS)
     ap.add_argument("--child-report", help=argparse.SUPPRESS)
@@ -445,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.child_exporter:
         return child_exporter(args.child_exporter, args.child_out, args.child_report, args.child_profile,
-                              args.read_bytes)
+                              args.read_bytes, args.pure_python)
     if args.nan_at is None:
         args.nan_at = f"{round(args.iterations * 1500 / 1560)}:{ORIGIN_LAYER}"
     nan_iter_s, _, origin = args.nan_at.partition(":")

@@ -308,9 +308,14 @@ class RunState:
 
     def _accelerated(self, text: str, pos: int, th: ThreadState, tally: list[int]) -> Iterator[re.Match[str]]:
         """SCAN_GLOG's matches from pos, except the plain per-layer value lines, which the C scanner stores
-        itself (into the dicts of the thread's current phase) and counts in `tally`."""
+        itself (into the dicts of the thread's current phase) and counts in `tally`.
+
+        The scanner stops at every other line; the regex takes over from there for `burst` bytes, which
+        doubles while the scanner keeps stopping at once (a diverged run prints nothing but NaN lines) and
+        falls back to one line as soon as it gets through plain lines again."""
         assert _accel is not None
         n = len(text)
+        burst = 0
         while pos < n:
             stop, nf, nb, nu = _accel.scan(text, pos, n, self.forward[th.phase], self.backward, self.update_data,
                                            self.update_diff)
@@ -319,7 +324,8 @@ class RunState:
             tally[2] += nu
             if stop >= n:
                 return
-            end = text.find("\n", stop)
+            burst = min(2 * burst or 1, 1 << 20) if stop == pos else 0
+            end = text.find("\n", stop + burst)
             end = n if end < 0 else end
             yield from SCAN_GLOG.finditer(text, stop, end)
             pos = end + 1
