@@ -239,7 +239,7 @@ class RunState:
         udata, udiff = self.update_data, self.update_diff
         nfwd = nbwd = nupd = 0
         tally = [0, 0, 0]  # per-layer lines the C scanner stored (forward, backward, update)
-        accelerated = self.accelerate and _accel is not None and scanner is SCAN_GLOG and text.isascii()
+        accelerated = fast and self.accelerate and _accel is not None and scanner is SCAN_GLOG and text.isascii()
         done_to = -1
         while pos >= 0:
             resume = -1
