@@ -131,13 +131,13 @@ _DONE = re.compile(r"Optimization (Done|stopped early)")
 _NET_INIT = re.compile(r"Initializing net from parameters:")
 _GLOG_HEADER = re.compile(r"Log file created at: (\d{4})/(\d\d)/(\d\d) [\d:]+( UTC)?")
 
-_STAGES = {"Forward": "forward", "Backward": "backward"}
+STAGES = {"Forward": "forward", "Backward": "backward"}  # as printed -> the `stage` label
 
 
 def _layer_blob(m: re.Match[str]) -> LayerBlob:
     stage, layer, role, blob, value, mean = m.groups()
     # July 2014 builds printed `data: <sum> (<mean>)`; the mean is the value every later Caffe prints.
-    return LayerBlob(_STAGES[stage], layer, role, blob, parse_value(mean or value))  # type: ignore[arg-type]
+    return LayerBlob(STAGES[stage], layer, role, blob, parse_value(mean or value))  # type: ignore[arg-type]
 
 
 def parse_message(msg: str) -> Event | None:
@@ -159,7 +159,7 @@ def _parse_body(body: str) -> Event | None:
         if m := _INPUT.fullmatch(body):
             return LayerBlob("forward", "input", "input", m[1], parse_value(m[2]))
         if m := _HEADER16.fullmatch(body):
-            return LayerHeader(_STAGES[m[1]], m[2])  # type: ignore[arg-type]
+            return LayerHeader(STAGES[m[1]], m[2])  # type: ignore[arg-type]
         return None
     if head == "[U":
         if m := _UPDATE_SHARED.fullmatch(body):

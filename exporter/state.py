@@ -50,6 +50,7 @@ from exporter.parse import (
     PREFIX_AT_LINE_START,
     SCAN,
     SCAN_GLOG,
+    STAGES,
     is_dump_line,
     layer_key,
     line_at,
@@ -68,7 +69,6 @@ except ImportError:  # built without a C compiler: the pure-Python loop does the
 
 Value = str | float  # the fast path stores the number as printed; float() reads both
 PHASES = ("train", "test")
-_STAGES = {"Forward": "forward", "Backward": "backward"}
 MAX_DUMP_LINES = 200_000  # a NetParameter dump longer than this is no dump (keeps memory bounded)
 _DEBUG_TID = re.compile(r" (\d+) net\.cpp:\d+\]")
 _GLOG_NAME_DATE = re.compile(r"\.(\d{4})(\d\d)(\d\d)-\d{6}\.\d+$")
@@ -280,7 +280,7 @@ class RunState:
                     parts = split_key(key)
                     if parts is not None:
                         parsed += 1
-                        self._layer_value(th, _STAGES[stage], parts[0], parts[1], parts[2], float(v), line_no,
+                        self._layer_value(th, STAGES[stage], parts[0], parts[1], parts[2], float(v), line_no,
                                           path)
                         continue
                 pl = parse_line(text[start:end])

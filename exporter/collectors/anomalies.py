@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from exporter.detect import TYPES, analysis_of
+from exporter.detect import metric_tuples
 from exporter.state import RunRegistry, RunState
 
 HELP = {
@@ -59,41 +59,20 @@ class AnomalyCollector(Collector):
 
     @staticmethod
     def _families(runs: list[RunState]) -> list[GaugeMetricFamily | CounterMetricFamily]:
-        extra = sorted({k for r in runs for k in r.labels} - {"run"})
-        base = ["run", *extra]
-
-        def lv(r: RunState) -> list[str]:
-            return [r.run, *(r.labels.get(k, "") for k in extra)]
-
-        anomaly = GaugeMetricFamily("caffe_anomaly", HELP["caffe_anomaly"], labels=[*base, "type", "layer"])
-        total = CounterMetricFamily("caffe_anomalies", HELP["caffe_anomalies_total"], labels=[*base, "type"])
-        first_it = GaugeMetricFamily(
-            "caffe_first_nonfinite_iteration", HELP["caffe_first_nonfinite_iteration"], labels=base
-        )
-        first_layer_it = GaugeMetricFamily(
-            "caffe_first_nonfinite_layer_iteration", HELP["caffe_first_nonfinite_layer_iteration"], labels=base
-        )
-        first_info = GaugeMetricFamily(
-            "caffe_first_nonfinite_info",
-            HELP["caffe_first_nonfinite_info"],
-            labels=[*base, "phase", "stage", "layer", "blob", "value"],
-        )
-        loss_nf = CounterMetricFamily("caffe_loss_nonfinite", HELP["caffe_loss_nonfinite_total"], labels=base)
+        """Built from `detect.metric_tuples`, the one definition `diagnose` and the tests compare with."""
+        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
+            "caffe_anomaly": GaugeMetricFamily("caffe_anomaly", HELP["caffe_anomaly"]),
+            "caffe_anomalies_total": CounterMetricFamily("caffe_anomalies", HELP["caffe_anomalies_total"]),
+            "caffe_first_nonfinite_iteration": GaugeMetricFamily(
+                "caffe_first_nonfinite_iteration", HELP["caffe_first_nonfinite_iteration"]),
+            "caffe_first_nonfinite_layer_iteration": GaugeMetricFamily(
+                "caffe_first_nonfinite_layer_iteration", HELP["caffe_first_nonfinite_layer_iteration"]),
+            "caffe_first_nonfinite_info": GaugeMetricFamily(
+                "caffe_first_nonfinite_info", HELP["caffe_first_nonfinite_info"]),
+            "caffe_loss_nonfinite_total": CounterMetricFamily(
+                "caffe_loss_nonfinite", HELP["caffe_loss_nonfinite_total"]),
+        }
         for r in runs:
-            labels = lv(r)
-            a = analysis_of(r)
-            if a is not None:
-                for t, layer, v in a.anomaly_samples():
-                    anomaly.add_metric([*labels, t, layer], v)
-                for t in TYPES:
-                    total.add_metric([*labels, t], float(a.counts[t]))
-            f0 = r.first_nonfinite
-            if f0 is not None and f0.iteration is not None:
-                first_it.add_metric(labels, float(f0.iteration))
-            f1 = r.first_nonfinite_layer
-            if f1 is not None:
-                if f1.iteration is not None:
-                    first_layer_it.add_metric(labels, float(f1.iteration))
-                first_info.add_metric([*labels, f1.phase, f1.stage, f1.layer, f1.blob, f1.value], 1.0)
-            loss_nf.add_metric(labels, float(r.loss_nonfinite))
-        return [anomaly, total, first_it, first_layer_it, first_info, loss_nf]
+            for name, labels, value in metric_tuples(r):
+                families[name].add_sample(name, labels, value)
+        return list(families.values())
