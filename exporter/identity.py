@@ -68,7 +68,7 @@ class SourceRule:
     labels: Mapping[str, str] = field(default_factory=dict)
 
     def covers(self, path: str) -> bool:
-        if path == self.path or (path == "-" and self.path == "-"):
+        if path == self.path:
             return True
         if os.path.isdir(self.path):
             root = os.path.join(os.path.abspath(self.path), "")
