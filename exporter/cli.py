@@ -12,23 +12,46 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import FrameType
+from typing import Any
 
-from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from exporter import __version__, checkpoint, config
 from exporter.collectors.anomalies import AnomalyCollector
 from exporter.collectors.runs import RunCollector
 from exporter.collectors.selfmetrics import ExporterCollector
 from exporter.detect import make_observers
+from exporter.errors import StageErrors
 from exporter.identity import RunNamer, SourceRule
 from exporter.pipeline import Pipeline
 from exporter.serve import make_app, start_server
 from exporter.state import RunRegistry
-from exporter.tail import FilePosition, Tailer, TailStats, follow, read_stream
+from exporter.tail import Tailer, TailStats, follow, read_stream
 
 log = logging.getLogger("caffe_exporter")
+
+
+class _Guarded(Collector):
+    """A collector whose failure costs its own families, counted, instead of failing the whole scrape."""
+
+    def __init__(self, inner: Collector, errors: StageErrors, name: str) -> None:
+        self._inner, self._errors, self._name = inner, errors, name
+
+    def describe(self) -> Iterable[Metric]:
+        return self._inner.describe() if hasattr(self._inner, "describe") else []
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            families = list(self._inner.collect())
+        except Exception as e:
+            self._errors.report("collect", self._name, e)
+            return []
+        self._errors.ok("collect", self._name)
+        return families
 
 
 def build(cfg: config.Config) -> tuple[Pipeline, CollectorRegistry]:
@@ -37,28 +60,53 @@ def build(cfg: config.Config) -> tuple[Pipeline, CollectorRegistry]:
     pipeline = Pipeline(runs, TailStats())
     registry = CollectorRegistry()
     run_collector = RunCollector(runs, pipeline.lock, cfg.max_series_per_run)
-    registry.register(run_collector)
-    registry.register(AnomalyCollector(runs, pipeline.lock))
+    registry.register(_Guarded(run_collector, pipeline.errors, "runs"))
+    registry.register(_Guarded(AnomalyCollector(runs, pipeline.lock), pipeline.errors, "anomalies"))
     registry.register(ExporterCollector(pipeline, run_collector))
     ProcessCollector(registry=registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
     PlatformCollector(registry=registry)  # python_info
     return pipeline, registry
 
 
-def serve(cfg: config.Config, stop: threading.Event) -> None:
-    """Run the exporter until `stop` is set."""
+class _Reader(threading.Thread):
+    """A reading thread (files or stdin). It must never die: if it does anyway, /-/healthy turns 503 and the
+    process exits non-zero so that systemd or Kubernetes restart it, rather than serve frozen metrics."""
+
+    def __init__(self, name: str, target: Callable[[], None]) -> None:
+        super().__init__(name=name, daemon=True)
+        self._body = target
+        self.finished = False  # returned normally (stdin at EOF): not a death
+
+    def run(self) -> None:
+        self._body()
+        self.finished = True
+
+    @property
+    def dead(self) -> bool:
+        return not self.is_alive() and not self.finished and self.ident is not None
+
+
+def serve(cfg: config.Config, stop: threading.Event) -> int:
+    """Run the exporter until `stop` is set; returns the exit status (1 when a reading thread died)."""
     pipeline, registry = build(cfg)
+    restored = checkpoint.Restored({}, {})
+    if cfg.checkpoint_file:
+        pipeline, registry, restored = _restore(cfg, pipeline, registry)
+    ready = threading.Event()
 
     def runs() -> list[tuple[str, str]]:
         with pipeline.lock:
             return [(r.run, ", ".join(r.sources)) for r in pipeline.registry.runs.values()]
 
-    positions = _restore(cfg, pipeline)
+    readers: list[_Reader] = []
+
+    def healthy() -> bool:
+        return not any(r.dead for r in readers)
+
     host, port = config.parse_listen(cfg.listen, "--listen")
     server, _ = start_server(make_app(registry, runs), host, port)
     log.info("caffe-exporter %s listening on %s:%d, sources %s", __version__, host, port,
              [s.path for s in cfg.sources])
-    threads = []
     paths = [s.path for s in cfg.sources]
     if "-" in paths:
         def stdin() -> None:
@@ -66,51 +114,112 @@ def serve(cfg: config.Config, stop: threading.Event) -> None:
                                      stats=pipeline.tail_stats):
                 pipeline.on_chunk(chunk)
             log.info("standard input closed; still serving what was read")
-        threads.append(threading.Thread(target=stdin, name="stdin", daemon=True))
+        readers.append(_Reader("stdin", stdin))
         paths.remove("-")
     tailer = None
     saver = None
     if paths:
         tailer = Tailer(paths, start_at_end=cfg.start_at == "end", max_line_bytes=cfg.max_line_bytes,
-                        read_bytes=cfg.read_bytes, stats=pipeline.tail_stats, positions=positions)
-        if cfg.checkpoint_file:
-            saver = checkpoint.Checkpointer(cfg.checkpoint_file, cfg.checkpoint_interval, pipeline.registry,
-                                            tailer.positions, time.monotonic)
-            pipeline.after_chunk = saver.maybe_save
-        threads.append(threading.Thread(
-            target=follow, args=(tailer, pipeline.on_chunk, stop),
-            kwargs={"force_polling": cfg.poll, "poll_interval": cfg.poll_interval}, name="tail", daemon=True))
+                        read_bytes=cfg.read_bytes, stats=pipeline.tail_stats, positions=restored.positions)
+        pipeline.applied.update(restored.positions)
+        readers.append(_Reader("tail", lambda: _read_files(tailer, pipeline, cfg, stop, ready)))
+    else:
+        ready.set()
+    threads: list[threading.Thread] = list(readers)
+    if cfg.checkpoint_file:
+        saver = _checkpointer(cfg, pipeline)
+        threads.append(threading.Thread(target=_save_periodically, args=(saver, pipeline, stop), name="checkpoint",
+                                        daemon=True))
     for t in threads:
         t.start()
+    status = 0
     try:
-        stop.wait()
+        while not stop.wait(0.5):
+            dead = [r.name for r in readers if r.dead]
+            if dead:
+                log.critical("reading thread %s died; exiting so that the service manager restarts the exporter "
+                             "(the last checkpoint stays valid)", ", ".join(dead))
+                status = 1
+                break
     finally:
         server.shutdown()
         server.server_close()
+        stop.set()
         for t in threads:
             t.join(timeout=5)
-        if saver is not None:
+        if saver is not None and status == 0:
             with pipeline.lock:
                 saver.save()
         if tailer is not None:
             tailer.close()
+    return status
 
 
-def _restore(cfg: config.Config, pipeline: Pipeline) -> dict[str, FilePosition]:
-    """Runs and offsets from the checkpoint file, if one is configured and usable."""
-    if not cfg.checkpoint_file:
-        return {}
+def _read_files(tailer: Tailer, pipeline: Pipeline, cfg: config.Config, stop: threading.Event,
+                ready: threading.Event) -> None:
+    """The tail thread: the backlog present at start first (then /-/ready), then follow; an exception in the
+    tailer is counted and reading resumes after a pause instead of ending."""
+    while not stop.is_set():
+        try:
+            if not ready.is_set():
+                for chunk in tailer.poll():
+                    pipeline.on_chunk(chunk)
+                ready.set()
+            follow(tailer, pipeline.on_chunk, stop, force_polling=cfg.poll, poll_interval=cfg.poll_interval)
+        except Exception as e:
+            pipeline.errors.report("tail", "the tailer", e)
+            stop.wait(1.0)
+
+
+def _save_periodically(saver: checkpoint.Checkpointer, pipeline: Pipeline, stop: threading.Event) -> None:
+    """Every checkpoint_interval, if chunks were applied since the last save (so an idle exporter writes
+    nothing). The save runs under the pipeline lock: state and committed offsets describe the same lines."""
+    saved_generation = pipeline.generation
+    while not stop.wait(saver.interval):
+        with pipeline.lock:
+            if pipeline.generation != saved_generation and saver.save():
+                saved_generation = pipeline.generation
+
+
+def _checkpointer(cfg: config.Config, pipeline: Pipeline) -> checkpoint.Checkpointer:
+    def state() -> dict[str, Any] | None:  # the caller holds pipeline.lock
+        if pipeline.uncommitted:
+            return None  # a read is half applied; the next chunk of that file commits it
+        return checkpoint.snapshot(pipeline.registry, pipeline.applied, pipeline.counters())
+
+    def failed(e: BaseException) -> None:
+        pipeline.errors.report("checkpoint", cfg.checkpoint_file, e)
+
+    def saved() -> None:
+        pipeline.errors.ok("checkpoint", cfg.checkpoint_file)
+
+    return checkpoint.Checkpointer(cfg.checkpoint_file, cfg.checkpoint_interval, state, time.monotonic,
+                                   on_error=failed, on_success=saved)
+
+
+def _restore(cfg: config.Config, pipeline: Pipeline,
+             registry: CollectorRegistry) -> tuple[Pipeline, CollectorRegistry, checkpoint.Restored]:
+    """Runs, offsets and counters from the checkpoint file, if usable: checked as a whole (every restored run
+    renders) before any of it is used; otherwise a fresh pipeline and a full re-read."""
+    for p in checkpoint.remove_leftovers(cfg.checkpoint_file):
+        log.info("removed %s, left by a save that never finished", p)
     try:
         data = checkpoint.read(cfg.checkpoint_file)
         if data is None:
-            return {}
-        positions = checkpoint.restore(data, pipeline.registry, cfg.detectors)
-    except checkpoint.CheckpointError as e:
-        log.error("%s; starting without it", e)
-        return {}
-    log.info("restored %d runs and %d file offsets from %s", len(pipeline.registry.runs), len(positions),
+            return pipeline, registry, checkpoint.Restored({}, {})
+        restored = checkpoint.restore(data, pipeline.registry, cfg.detectors)
+        pipeline.restore_counters(restored.counters)
+        failures = pipeline.errors.counts["collect"]
+        generate_latest(registry)
+        if pipeline.errors.counts["collect"] != failures:
+            raise checkpoint.CheckpointError("its runs cannot be rendered as metrics")
+    except Exception as e:
+        log.error("%s: %s; starting without it", cfg.checkpoint_file, e)
+        pipeline, registry = build(cfg)
+        return pipeline, registry, checkpoint.Restored({}, {})
+    log.info("restored %d runs and %d file offsets from %s", len(pipeline.registry.runs), len(restored.positions),
              cfg.checkpoint_file)
-    return positions
+    return pipeline, registry, restored
 
 
 def _install_signals(stop: threading.Event) -> None:
@@ -182,11 +291,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"caffe-exporter: configuration error: {e}", file=sys.stderr)
         return 2
     try:
-        serve(cfg, stop)
+        return serve(cfg, stop)
     except OSError as e:
         print(f"caffe-exporter: cannot listen on {cfg.listen}: {e.strerror}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def replay(root: Path, pace: float, loops: int, stop: threading.Event) -> None:
 
 
 def run(listen: str, pace: float, loops: int, stop: threading.Event,
-        serve: Callable[[Config, threading.Event], None]) -> int:
+        serve: Callable[[Config, threading.Event], object]) -> int:
     root = Path(tempfile.mkdtemp(prefix="caffe-exporter-demo-"))
     writer = threading.Thread(target=replay, args=(root, pace, loops, stop), name="demo-writer", daemon=True)
     writer.start()

@@ -747,8 +747,9 @@ class Analysis:
     # -- checkpointing ------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
+        """Floats stay floats, NaN and inf included: checkpoint.write has the one encoding for them."""
         def snap(d: Mapping[str, str | float]) -> list[list[Any]]:
-            return [[k, v if isinstance(v, str) else _jnum(v)] for k, v in d.items()]
+            return [[k, v if isinstance(v, str) else float(v)] for k, v in d.items()]
 
         return {
             "config": self.config.to_dict(),
@@ -758,16 +759,16 @@ class Analysis:
             "suppressed": dict(self.suppressed),
             "open": dict(self.open),
             "first_iteration": self.first_iteration,
-            "first_loss": None if self.first_loss is None else _jnum(self.first_loss),
+            "first_loss": None if self.first_loss is None else float(self.first_loss),
             "last_iteration": self.last_iteration,
             "prev_line": self.prev_line,
             "prev_display": self.prev_display,
-            "window": [[i, _jnum(a), _jnum(b), _jnum(c)] for i, a, b, c in self.window],
+            "window": [[i, float(a), float(b), float(c)] for i, a, b, c in self.window],
             "snapshots": [snap(s) for s in self.snapshots],
             "streaks": [[t, layer, n, self.streak_start.get((t, layer))] for (t, layer), n in self.streaks.items()],
-            "min_loss": _jnum(self.min_loss),
+            "min_loss": float(self.min_loss),
             "min_loss_iteration": self.min_loss_iteration,
-            "best_loss": _jnum(self.best_loss),
+            "best_loss": float(self.best_loss),
             "best_iteration": self.best_iteration,
             "nonfinite_order": self.nonfinite_order,
             "largest_before": self.largest_before,

@@ -1,17 +1,22 @@
 """Wiring of the stages: chunks from the tailer go into the run registry under one lock.
 
-The lock is shared with the collectors so a scrape never sees a half-applied chunk.
+The lock is shared with the collectors so a scrape never sees a half-applied chunk. Applying a chunk and
+committing the file position it ends at happen under the same lock, so a checkpoint taken at any moment, by
+any thread, saves offsets that describe exactly the lines in the run state: a restart neither skips nor
+repeats a line.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
+from exporter.errors import StageErrors, stage_of
 from exporter.state import RunRegistry
-from exporter.tail import Chunk, TailStats
+from exporter.tail import Chunk, FilePosition, TailStats
 
 log = logging.getLogger(__name__)
 
@@ -29,19 +34,60 @@ class Pipeline:
     tail_stats: TailStats = field(default_factory=TailStats)
     lines: LineStats = field(default_factory=LineStats)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    errors: StageErrors = field(default_factory=StageErrors)
     after_chunk: Callable[[], None] | None = None  # called under the lock once a chunk is applied (checkpoints)
+    # per path, where the lines applied to the run state end (what a checkpoint may save)
+    applied: dict[str, FilePosition] = field(default_factory=dict)
+    # paths with lines applied past their last committed position (a read split into several chunks):
+    # no consistent checkpoint can be taken until their next committed position
+    uncommitted: set[str] = field(default_factory=set)
+    generation: int = 0  # chunks applied so far: a checkpoint is due only when it moved
 
     def on_chunk(self, chunk: Chunk) -> None:
         total = chunk.text.count("\n")
         with self.lock:
             try:
                 parsed = self.registry.feed(chunk)
-            except Exception:
+            except Exception as e:
                 # A tailing thread that died would leave every run frozen with no sign: keep reading.
-                log.exception("failed to process %d lines of %s from line %d", total, chunk.path, chunk.first_line)
+                self.errors.report(stage_of(e, "state"), chunk.path, e, f"(lines {chunk.first_line}-"
+                                   f"{chunk.first_line + max(total - 1, 0)})")
                 self.lines.failed += total
-                return
-            self.lines.parsed += parsed
-            self.lines.skipped += total - parsed
+            else:
+                self.errors.ok("state", chunk.path)
+                self.lines.parsed += parsed
+                self.lines.skipped += total - parsed
+            self.generation += 1
+            if chunk.end is not None:
+                self.applied[chunk.path] = chunk.end
+                self.uncommitted.discard(chunk.path)
+            elif chunk.path != "-":
+                self.uncommitted.add(chunk.path)
             if self.after_chunk is not None:
                 self.after_chunk()
+
+    def counters(self) -> dict[str, float]:
+        """The exporter's own counters that continue across restarts (saved in checkpoints); call under the lock."""
+        t = self.tail_stats
+        out: dict[str, float] = {
+            "lines_parsed": self.lines.parsed, "lines_skipped": self.lines.skipped, "lines_failed": self.lines.failed,
+            "lines_oversized": t.lines_oversized, "bytes_read": t.bytes_read, "rotations": t.rotations,
+            "truncations": t.truncations, "read_errors": t.read_errors,
+        }
+        out.update({f"errors_{stage}": n for stage, n in self.errors.counts.items()})
+        return out
+
+    def restore_counters(self, saved: Mapping[str, Any]) -> None:
+        """Continue the counters of a checkpoint; names this version does not know are ignored."""
+        t = self.tail_stats
+
+        def get(name: str) -> int:
+            v = saved.get(name, 0)
+            return int(v) if isinstance(v, int | float) and v >= 0 else 0
+
+        self.lines.parsed, self.lines.skipped, self.lines.failed = (get("lines_parsed"), get("lines_skipped"),
+                                                                    get("lines_failed"))
+        t.lines_oversized, t.bytes_read = get("lines_oversized"), get("bytes_read")
+        t.rotations, t.truncations, t.read_errors = get("rotations"), get("truncations"), get("read_errors")
+        for stage in self.errors.counts:
+            self.errors.counts[stage] = get(f"errors_{stage}")

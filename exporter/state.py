@@ -155,9 +155,10 @@ def _tuple_items(d: Mapping[Any, Any]) -> list[list[Any]]:
     return [[*k, v] if isinstance(k, tuple) else [k, v] for k, v in d.items()]
 
 
-def _num(v: Value) -> float | str:
-    f = float(v)
-    return f if math.isfinite(f) else repr(f)  # JSON has no NaN; "nan"/"inf"/"-inf" read back by float()
+def _num(v: Value) -> float:
+    """The one saved form of a value: a float (checkpoint.write encodes non-finite ones; old files that saved
+    "nan"/"inf" strings still read back through float())."""
+    return float(v)
 
 
 @dataclass
@@ -573,6 +574,36 @@ class RunState:
 
     # -- checkpointing -----------------------------------------------------------------------------
 
+    def check(self) -> None:
+        """Raise ValueError unless the state has the shape the collectors and detectors rely on: a restored
+        checkpoint is checked as a whole before any of it is used (a damaged file must not break scrapes)."""
+        def floats(d: Mapping[Any, Any]) -> bool:
+            return all(isinstance(v, float | int | str) and not isinstance(v, bool) for v in d.values())
+
+        problems = []
+        if not isinstance(self.run, str) or not self.run:
+            problems.append("run must be a non-empty string")
+        if not self.sources or not all(isinstance(s, str) and s for s in self.sources):
+            problems.append("sources must be non-empty strings")
+        if sorted(self.forward) != sorted(PHASES) or not all(floats(d) for d in self.forward.values()):
+            problems.append(f"forward must hold the phases {PHASES}")
+        if not all(floats(d) for d in (self.backward, self.update_data, self.update_diff)):
+            problems.append("per-layer values must be numbers")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in {**self.labels, **self.layer_types}.items()):
+            problems.append("labels and layer types must be strings")
+        if not all(isinstance(v, int) and v >= 0 for v in (self.display_iterations, self.loss_nonfinite,
+                                                           self.solver_starts, self.snapshots)):
+            problems.append("counters must be integers >= 0")
+        if not all(isinstance(n, int) and n >= 0 for n in (*self.debug_lines.values(), *self.nonfinite.values())):
+            problems.append("counters must be integers >= 0")
+        if self.iteration is not None and not isinstance(self.iteration, int):
+            problems.append("iteration must be an integer")
+        for k, c in self.clocks.items():
+            if not isinstance(c.year, int) or not isinstance(k, str):
+                problems.append("clocks must hold a year")
+        if problems:
+            raise ValueError(f"run {self.run!r}: " + "; ".join(problems))
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready state (observers excluded: they are rebuilt from configuration)."""
         def vals(d: Mapping[str, Value]) -> list[list[Any]]:
@@ -588,7 +619,7 @@ class RunState:
             "update_data": vals(self.update_data), "update_diff": vals(self.update_diff),
             "norms": None if self.norms is None else [_num(v) for v in self.norms],
             "iteration": self.iteration, "loss": None if self.loss is None else _num(self.loss),
-            "lr": self.lr, "speed": self.speed,
+            "lr": None if self.lr is None else _num(self.lr), "speed": None if self.speed is None else _num(self.speed),
             "train_outputs": {k: _num(v) for k, v in self.train_outputs.items()},
             "test_outputs": [[n, o, _num(v)] for (n, o), v in self.test_outputs.items()],
             "test_loss": {k: _num(v) for k, v in self.test_loss.items()},
@@ -626,7 +657,7 @@ class RunState:
         st.update_data, st.update_diff = vals(d["update_data"]), vals(d["update_diff"])
         n = d["norms"]
         st.norms = None if n is None else (float(n[0]), float(n[1]), float(n[2]), float(n[3]))
-        st.iteration, st.loss, st.lr, st.speed = d["iteration"], opt(d["loss"]), d["lr"], d["speed"]
+        st.iteration, st.loss, st.lr, st.speed = d["iteration"], opt(d["loss"]), opt(d["lr"]), opt(d["speed"])
         st.train_outputs = {k: float(v) for k, v in d["train_outputs"].items()}
         st.test_outputs = {(a, b): float(v) for a, b, v in d["test_outputs"]}
         st.test_loss = {k: float(v) for k, v in d["test_loss"].items()}

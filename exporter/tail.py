@@ -25,6 +25,7 @@ opened is.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import glob
 import hashlib
@@ -64,6 +65,8 @@ class Chunk:
     """True for the first chunk read from offset 0 of a file (new file, rotated-in file, after truncation)."""
     mtime: float
     """st_mtime of the file when it was opened (0.0 for streams)."""
+    end: FilePosition | None = None
+    """Where the file's position stands just after this chunk's last line (None for streams)."""
 
 
 @dataclass
@@ -471,7 +474,10 @@ class Tailer:
             f.pos += len(raw)
             stats.bytes_read += len(raw)
             stats.last_read_time = self._clock()
-            yield from f.feed(raw)
+            chunks = f.feed(raw)
+            if chunks:  # the last one ends where the consumed lines end
+                chunks[-1] = dataclasses.replace(chunks[-1], end=self._position(f))
+            yield from chunks
             if len(raw) < n:
                 break
 
@@ -535,6 +541,11 @@ class Tailer:
         if n > st.st_size:
             return False
         return hashlib.sha1(os.pread(f.fd, n, 0)).hexdigest() == saved.head
+
+    @staticmethod
+    def _position(f: _File) -> FilePosition:
+        return FilePosition(path=f.path, dev=f.ident[0], ino=f.ident[1], offset=f.pos - f.pending, line=f.line,
+                            head=hashlib.sha1(f.head).hexdigest(), head_len=len(f.head))
 
     def positions(self) -> dict[str, FilePosition]:
         """Per path: bytes and lines consumed (complete lines only) plus the file's identity.

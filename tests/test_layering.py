@@ -20,7 +20,8 @@ ALLOWED: dict[str, set[str]] = {
     "parse": {"events"},
     "state": {"events", "parse", "tail", "_scan"},  # _scan: the optional C accelerator of its hot loop
     "detect": {"parse", "state"},
-    "pipeline": {"state", "tail"},
+    "errors": set(),  # used by the wiring stages (pipeline, cli) only
+    "pipeline": {"errors", "state", "tail"},
     "collectors.runs": {"state"},
     "collectors.anomalies": {"detect", "state"},
     "collectors.selfmetrics": {"exporter", "collectors.runs", "pipeline"},

@@ -38,9 +38,18 @@ class ExporterCollector(Collector):
         lines.add_metric(["skipped"], skipped)
         lines.add_metric(["oversized"], t.lines_oversized)
         lines.add_metric(["failed"], failed)
+        errors = CounterMetricFamily(
+            "caffe_exporter_errors",
+            "Exceptions by pipeline stage (tail, parse, state, detect, checkpoint, collect): each is logged once "
+            "per episode with its file, and reading goes on.",
+            labels=["stage"],
+        )
+        for stage, n in sorted(p.errors.counts.items()):
+            errors.add_metric([stage], n)
         return [
             info,
             lines,
+            errors,
             CounterMetricFamily("caffe_exporter_bytes_read", "Bytes read from all sources.", t.bytes_read),
             GaugeMetricFamily("caffe_exporter_files_watched", "Files currently open for tailing.",
                               t.files_watched),
