@@ -55,7 +55,7 @@ def serve(cfg: config.Config, stop: threading.Event) -> None:
 
     positions = _restore(cfg, pipeline)
     host, port = config.parse_listen(cfg.listen, "--listen")
-    server, _ = start_server(make_app(registry, runs), host, port)
+    server = start_server(make_app(registry, runs), host, port)
     log.info("caffe-exporter %s listening on %s:%d, sources %s", __version__, host, port,
              [s.path for s in cfg.sources])
     threads = []
@@ -86,7 +86,6 @@ def serve(cfg: config.Config, stop: threading.Event) -> None:
         stop.wait()
     finally:
         server.shutdown()
-        server.server_close()
         for t in threads:
             t.join(timeout=5)
         if saver is not None:
