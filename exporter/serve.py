@@ -189,6 +189,11 @@ class Server:
     def open_connections(self) -> int:
         return len(self._conns)
 
+    @property
+    def pending_requests(self) -> int:
+        """Requests rendering or queued for a renderer."""
+        return self._requests
+
     def start(self) -> Server:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         self._sock = socket.create_server((self.host, self.port), family=family, backlog=128)

@@ -319,7 +319,7 @@ def test_beyond_running_plus_queued_requests_answer_503_and_probes_still_answer(
         for w in workers:
             w.start()
         assert entered.acquire(timeout=10), "the first scrape never reached the app"
-        assert _until(lambda: server._requests == 2), "the second scrape was not queued"
+        assert _until(lambda: server.pending_requests == 2), "the second scrape was not queued"
         status, headers, _ = _request(server, "GET", "/metrics")
         assert status == 503 and headers["retry-after"] == "1"
         assert server.requests_rejected == 1
