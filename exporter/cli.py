@@ -104,7 +104,7 @@ def serve(cfg: config.Config, stop: threading.Event) -> int:
         return not any(r.dead for r in readers)
 
     host, port = config.parse_listen(cfg.listen, "--listen")
-    server, _ = start_server(make_app(registry, runs), host, port)
+    server = start_server(make_app(registry, runs, healthy=healthy, ready=ready.is_set), host, port)
     log.info("caffe-exporter %s listening on %s:%d, sources %s", __version__, host, port,
              [s.path for s in cfg.sources])
     paths = [s.path for s in cfg.sources]
@@ -143,7 +143,6 @@ def serve(cfg: config.Config, stop: threading.Event) -> int:
                 break
     finally:
         server.shutdown()
-        server.server_close()
         stop.set()
         for t in threads:
             t.join(timeout=5)

@@ -7,8 +7,11 @@
 - the ConfigMap's ``config.yml`` and ``deploy/systemd/config.yml`` load with ``exporter.config``;
 - ports, probe paths, scrape annotations, Service and ServiceMonitor agree with each other and with the
   configured ``listen`` address; the DaemonSet's securityContext and hostPath mount are hardened;
+- the DaemonSet's startup and liveness probes ask ``/-/healthy``, its readiness probe ``/-/ready``;
 - the real exporter, started with the DaemonSet's arguments and each example config (log paths pointed at a
-  copy of a test fixture, ``--listen`` on a free loopback port), answers the probe path and ``/metrics``;
+  copy of a test fixture, ``--listen`` on a free loopback port), answers ``/``, ``/metrics`` and every probe
+  path; the Containerfile's HEALTHCHECK command succeeds against it (and fails when nothing listens); with
+  100 idle connections and 20 parallel scrapes its thread count stays below the unit's ``TasksMax``;
 - ``systemd-analyze verify`` accepts the unit (only "ExecStart binary not installed" is tolerated), and accepts
   a copy whose ExecStart points at this Python with no message at all;
 - the Containerfile has the instructions the deployment relies on, and the build context left by the root
@@ -32,6 +35,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 import urllib.error
@@ -58,6 +62,8 @@ PORT = 10052
 LOG_DIR = "/var/log/caffe"
 UNIT_CONFIG = "/etc/caffe-exporter/config.yml"
 TIMEOUT = 60
+# Kubernetes probe -> the exporter's endpoint for it (named after Prometheus' own /-/healthy and /-/ready).
+PROBES = {"startupProbe": "/-/healthy", "livenessProbe": "/-/healthy", "readinessProbe": "/-/ready"}
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -295,12 +301,15 @@ def test_daemonset_ports_probes_and_annotations_match_the_listen_address() -> No
     listen_port = config.parse_listen(config.from_mapping(yaml.safe_load(_configmap_text()), "cm").listen, "")[1]
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert list(ports.values()) == [listen_port] == [PORT]
-    for probe in ("livenessProbe", "readinessProbe"):
+    for probe, path in PROBES.items():
         http = c[probe]["httpGet"]
-        assert http["path"] == "/", f"{probe} must hit the landing page /"
+        assert http["path"] == path, f"{probe} must ask {path}, as Prometheus' own probes do"
         port = ports.get(http["port"], http["port"])
         assert port == PORT, f"{probe} port {http['port']} is not {PORT}"
         assert c[probe].get("timeoutSeconds", 1) >= 2
+    startup = c["startupProbe"]
+    budget = startup.get("periodSeconds", 10) * startup.get("failureThreshold", 3)
+    assert budget >= 120, f"startupProbe gives a big backlog only {budget} s before liveness may restart the pod"
     ann = ds["spec"]["template"]["metadata"]["annotations"]
     assert ann["prometheus.io/scrape"] == "true"
     assert ann["prometheus.io/port"] == str(PORT)
@@ -388,18 +397,62 @@ def test_real_exporter_answers_probes_with_the_deployed_args(which: str, tmp_pat
     port = _free_port()
     with _exporter([*args, "--listen", f"127.0.0.1:{port}"], tmp_path / "exporter.log") as proc:
         deadline = time.monotonic() + 30
-        status, metrics = 0, ""
+        status, metrics, ready = 0, "", 0
         while time.monotonic() < deadline:
             assert proc.poll() is None, f"exporter exited {proc.returncode}:\n{(tmp_path / 'exporter.log').read_text()}"
             with contextlib.suppress(OSError):
                 status, metrics = _get(f"http://127.0.0.1:{port}/metrics")
-                if status == 200 and 'run="rmsprop-run"' in metrics:
+                ready, _ = _get(f"http://127.0.0.1:{port}/-/ready")
+                if status == 200 and 'run="rmsprop-run"' in metrics and ready == 200:
                     break
             time.sleep(0.2)
         assert status == 200 and 'run="rmsprop-run"' in metrics, (
             f"no metrics for the fixture run after 30 s:\n{(tmp_path / 'exporter.log').read_text()}")
+        assert ready == 200, "/-/ready did not answer 200 once the fixture was read"
         status, body = _get(f"http://127.0.0.1:{port}/")
-        assert status == 200 and "rmsprop-run" in body, "the probe path / did not answer 200 with the run listed"
+        assert status == 200 and "rmsprop-run" in body, "the landing page / did not answer 200 with the run listed"
+        for path in sorted(set(PROBES.values())):
+            assert _get(f"http://127.0.0.1:{port}{path}")[0] == 200, f"probe path {path} did not answer 200"
+        if which == "kubernetes":  # the image's HEALTHCHECK, pointed at this exporter's port
+            r = _run(_healthcheck_argv(port))
+            assert r.returncode == 0, f"HEALTHCHECK failed against a healthy exporter:\n{r.stderr}"
+        else:  # the unit's TasksMax holds however many clients connect (each used to cost a thread)
+            with _clients(port, idle=100, scrapes=20):
+                threads = _threads(proc.pid)
+            assert threads < int(_unit("TasksMax")[0]), f"{threads} threads reach the unit's TasksMax"
+
+
+def _threads(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"^Threads:\s+(\d+)", status, re.M).group(1))  # type: ignore[union-attr]
+
+
+@contextlib.contextmanager
+def _clients(port: int, idle: int, scrapes: int) -> Iterator[None]:
+    """`idle` silent connections held open, and `scrapes` GET /metrics in parallel done, while the body runs."""
+    conns = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(idle)]
+    try:
+        threads = [threading.Thread(target=_get, args=(f"http://127.0.0.1:{port}/metrics",)) for _ in range(scrapes)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        yield
+    finally:
+        for c in conns:
+            c.close()
+
+
+def _healthcheck_argv(port: int) -> list[str]:
+    (check,) = _instr("HEALTHCHECK")
+    argv: list[str] = json.loads(check[check.index("CMD") + 3:])
+    assert argv[0] == "python", "the HEALTHCHECK runs the image's python (there is no curl in python:3.11-slim)"
+    return [sys.executable, *[a.replace(f":{PORT}/", f":{port}/") for a in argv[1:]]]
+
+
+def test_healthcheck_fails_when_nothing_answers() -> None:
+    r = _run(_healthcheck_argv(_free_port()))
+    assert r.returncode != 0
 
 
 # ---------------------------------------------------------------------------------------------- systemd
@@ -426,6 +479,11 @@ def test_unit_is_hardened_and_uses_real_flags(serve_flags: set[str]) -> None:
         assert any(s.path == p or s.path.startswith(p.rstrip("/") + "/") for p in read_only), (
             f"source {s.path} is not under ReadOnlyPaths {read_only}")
     assert _unit("WantedBy", "Install") == ["multi-user.target"]
+    # systemd's default soft limit of 1024 descriptors is what the review's EMFILE spin (D2) was hit at.
+    (nofile,) = _unit("LimitNOFILE")
+    assert nofile.isdigit() and int(nofile) >= 4096, f"LimitNOFILE={nofile}"
+    (tasks,) = _unit("TasksMax")
+    assert tasks.isdigit(), f"TasksMax={tasks}: a number, checked against the real exporter's threads"
 
 
 def _systemd_analyze() -> str:
@@ -465,7 +523,9 @@ def test_systemd_analyze_verify_unit_with_an_existing_binary(tmp_path: Path) -> 
 def test_containerfile_instructions() -> None:
     instrs = _containerfile()
     assert instrs[0] == ("FROM", "python:3.11-slim"), f"first instruction is {instrs[0]}"
-    assert not _instr("HEALTHCHECK"), "the image is HEALTHCHECK-free (probes do that job)"
+    (check,) = _instr("HEALTHCHECK")
+    assert re.match(r"(--\S+\s+)*CMD\s+\[", check), f"HEALTHCHECK must be exec-form CMD: {check}"
+    assert f"http://127.0.0.1:{PORT}/-/healthy" in check and "curl" not in check and "wget" not in check
     runs = _instr("RUN")
     assert any(re.search(r"\bpip install \.(\s|$)", r) for r in runs), "RUN pip install . missing"
     users = _instr("USER")
