@@ -10,7 +10,9 @@ Runs the real tools from the Debian packages ``prometheus`` (promtool) and ``pro
 and checks the shape every alert must have (CamelCase name, ``severity``, ``summary``, ``description``,
 ``runbook_url`` whose anchor exists in ``docs/runbooks.md``, ``dashboard_url``), that each alert has a
 promtool case where it fires and one where it stays silent, and that the inhibition rules name existing
-alerts.
+alerts. Issue 8: every page about a run is gated by the paging window (one number, documented in the runbooks)
+and has a warning-severity ...Historical twin on the same condition; Alertmanager groups and inhibits by the
+whole run identity (job, instance, run), written once.
 
 Missing binaries fail the tests (CI installs them); they are never skipped.
 """
