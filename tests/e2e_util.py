@@ -28,6 +28,12 @@ Building blocks
     ``time.monotonic()`` of arrival). Point Alertmanager's ``webhook_configs`` at ``receiver.url + "/path"``.
 ``samples(exposition, name)``
     The samples (labels, value) of one metric family in Prometheus text exposition.
+``AlertmanagerAPI``
+    ``post_alerts(alerts)`` (``POST /api/v2/alerts``, as Prometheus sends them), ``alerts()`` (``GET /api/v2/alerts``
+    with each alert's ``status``: ``state``, ``inhibitedBy``, ``silencedBy``), ``wait_ready(timeout)``.
+``shift_glog_times(text, last)``
+    ``text`` with its year-less glog prefixes (``IMMDD HH:MM:SS.uuuuuu``) moved by one offset so that the newest
+    is ``last`` (Unix seconds): an old log made "live" without changing anything else in it.
 
 Example::
 
@@ -40,8 +46,10 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -354,3 +362,64 @@ class WebhookReceiver:
             return f"webhook received {len(got)} notification(s):\n{listing}{extra}"
 
         return wait_until(what, check, timeout, interval=0.1, procs=procs, context=received_context)
+
+
+# ---------------------------------------------------------------------------------------------- Alertmanager
+
+
+@dataclass
+class AlertmanagerAPI:
+    """Minimal client for an Alertmanager's HTTP API v2 (``/api/v2``)."""
+
+    url: str
+    procs: Sequence[ManagedProcess] = field(default_factory=tuple)
+
+    def wait_ready(self, timeout: float) -> None:
+        wait_http_ok(f"{self.url}/-/ready", timeout, procs=self.procs)
+
+    def post_alerts(self, alerts: Sequence[dict[str, Any]]) -> None:
+        """``POST /api/v2/alerts``: each alert a dict with ``labels``, optional ``annotations``, ``startsAt``,
+        ``endsAt`` (RFC 3339), the body Prometheus itself sends."""
+        request = urllib.request.Request(
+            f"{self.url}/api/v2/alerts",
+            data=json.dumps(list(alerts)).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=10.0) as resp:
+            if resp.status != 200:
+                raise OSError(f"POST /api/v2/alerts: HTTP {resp.status}")
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """``GET /api/v2/alerts``: every alert it holds (active, inhibited and silenced ones)."""
+        return list(json.loads(http_get(f"{self.url}/api/v2/alerts", timeout=10.0)))
+
+
+# ---------------------------------------------------------------------------------------------- glog
+
+_GLOG_PREFIX = re.compile(r"^([IWEF])(\d\d)(\d\d) (\d\d):(\d\d):(\d\d)\.(\d{6})(?= )", re.MULTILINE)
+
+
+def shift_glog_times(text: str, last: float) -> str:
+    """``text`` with every year-less glog prefix moved by the same offset so that the newest one reads ``last``.
+
+    glog prints local time without a year (``I1126 14:27:44.084013``); the prefixes are read in the year of
+    ``last`` and written back in local time, as glog writes them, so a reader that takes the year from the
+    file's mtime (a file written now) and the local time zone sees the newest line at ``last``. Lines without a
+    prefix (prototxt dumps, stack traces) and the rest of every line are left as they are.
+    """
+    year = datetime.datetime.fromtimestamp(last).year
+
+    def parse(m: re.Match[str]) -> datetime.datetime:
+        month, day, hh, mm, ss, us = (int(g) for g in m.groups()[1:])
+        return datetime.datetime(year, month, day, hh, mm, ss, us)
+
+    stamps = [parse(m) for m in _GLOG_PREFIX.finditer(text)]
+    if not stamps:
+        raise ValueError("no glog prefix in text")
+    offset = datetime.datetime.fromtimestamp(last) - max(stamps)
+
+    def shifted(m: re.Match[str]) -> str:
+        return m.group(1) + (parse(m) + offset).strftime("%m%d %H:%M:%S.%f")
+
+    return _GLOG_PREFIX.sub(shifted, text)

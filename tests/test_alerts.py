@@ -10,7 +10,9 @@ Runs the real tools from the Debian packages ``prometheus`` (promtool) and ``pro
 and checks the shape every alert must have (CamelCase name, ``severity``, ``summary``, ``description``,
 ``runbook_url`` whose anchor exists in ``docs/runbooks.md``, ``dashboard_url``), that each alert has a
 promtool case where it fires and one where it stays silent, and that the inhibition rules name existing
-alerts.
+alerts. Issue 8: every page about a run is gated by the paging window (one number, documented in the runbooks)
+and has a warning-severity ...Historical twin on the same condition; Alertmanager groups and inhibits by the
+whole run identity (job, instance, run), written once.
 
 Missing binaries fail the tests (CI installs them); they are never skipped.
 """
@@ -218,28 +220,121 @@ def test_amtool_routes_every_alert(alertname: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_alertmanager_grouping_and_inhibition() -> None:
+RUN_IDENTITY = ["job", "instance", "run"]
+
+
+def test_alertmanager_groups_and_inhibits_by_the_whole_run_identity() -> None:
+    """A run is (job, instance, run) as in the rules' joins, never the run name alone (issue 8: node-a/node-b)."""
     config = yaml.safe_load(ALERTMANAGER.read_text())
-    assert config["route"]["group_by"] == ["alertname", "run"]
-    names = set(ALERT_NAMES)
-    targets_of_nan: set[str] = set()
+    assert config["route"]["group_by"] == RUN_IDENTITY
+    for route in config["route"].get("routes", []):
+        assert "group_by" not in route, "a child route regroups; keep the run identity in one place"
     for rule in config["inhibit_rules"]:
-        assert rule["equal"] == ["run"]
+        assert rule["equal"] == RUN_IDENTITY, rule
+    # written once: the inhibit rules reuse the route's list through a YAML alias
+    text = ALERTMANAGER.read_text()
+    assert len(re.findall(r"^  group_by: &run_identity \[job, instance, run\]$", text, re.MULTILINE)) == 1
+    assert len(re.findall(r"^    equal: \*run_identity$", text, re.MULTILINE)) == len(config["inhibit_rules"])
+
+
+def _inhibitions() -> dict[str, set[str]]:
+    """source alert -> the alerts it mutes, from alerts/alertmanager.yml."""
+    config = yaml.safe_load(ALERTMANAGER.read_text())
+    out: dict[str, set[str]] = {}
+    for rule in config["inhibit_rules"]:
         (source,) = rule["source_matchers"]
         (target,) = rule["target_matchers"]
         source_name = re.fullmatch(r'alertname="(\w+)"', source)
         target_names = re.fullmatch(r'alertname=~"([\w|]+)"', target)
         assert source_name and target_names, rule
-        assert source_name.group(1) in names
-        assert set(target_names.group(1).split("|")) <= names, "inhibit rule names an unknown alert"
-        if source_name.group(1) == "CaffeTrainingLossNonFinite":
-            targets_of_nan |= set(target_names.group(1).split("|"))
-    assert {
-        "CaffeExplodingGradients",
-        "CaffeLossSpike",
-        "CaffeLossSaturated",
-        "CaffeVanishingGradients",
-    } <= targets_of_nan
+        out.setdefault(source_name.group(1), set()).update(target_names.group(1).split("|"))
+    return out
+
+
+def test_alertmanager_inhibition_names_existing_alerts() -> None:
+    names = set(ALERT_NAMES)
+    for source, targets in _inhibitions().items():
+        assert source in names
+        assert targets <= names, f"inhibit rule of {source} names an unknown alert: {targets - names}"
+        assert source not in targets
+
+
+def test_nan_page_mutes_the_symptoms_and_the_historical_twins_of_its_run() -> None:
+    inhibitions = _inhibitions()
+    symptoms = {"CaffeExplodingGradients", "CaffeLossSpike", "CaffeLossSaturated", "CaffeVanishingGradients"}
+    historical = {"CaffeTrainingLossNonFiniteHistorical", "CaffeLayerNonFiniteHistorical"}
+    assert symptoms | historical | {"CaffeLayerNonFinite"} <= inhibitions["CaffeTrainingLossNonFinite"]
+    assert symptoms | historical <= inhibitions["CaffeLayerNonFinite"]
+    # an old NaN log is one chat message as well
+    assert symptoms | {"CaffeLayerNonFiniteHistorical"} <= inhibitions["CaffeTrainingLossNonFiniteHistorical"]
+    assert symptoms <= inhibitions["CaffeLayerNonFiniteHistorical"]
+
+
+def test_example_receivers_are_local_webhooks() -> None:
+    config = yaml.safe_load(ALERTMANAGER.read_text())
     for receiver in config["receivers"]:
         for webhook in receiver["webhook_configs"]:
             assert webhook["url"].startswith("http://127.0.0.1:5001/")
+
+
+# ----------------------------------------------------------------------------------------------------
+# paging window: only a NaN of a run that logged recently pages
+
+WINDOW_RECORD = "run:caffe_last_log:in_paging_window"
+GATE = f"unless on (job, instance, run) {WINDOW_RECORD} == 0"
+HISTORICAL_GATE = f"and on (job, instance, run) {WINDOW_RECORD} == 0"
+
+
+def _rule(name: str) -> dict[str, Any]:
+    return next(r for g in _groups() for r in g["rules"] if name in (r.get("alert"), r.get("record")))
+
+
+def _paging_window_seconds() -> int:
+    expr = " ".join(_rule(WINDOW_RECORD)["expr"].split())
+    match = re.fullmatch(r"time\(\) - caffe_last_log_timestamp_seconds <= bool (\d+)", expr)
+    assert match, f"{WINDOW_RECORD}: unexpected expr {expr!r}"
+    return int(match.group(1))
+
+
+RUN_PAGES = [
+    rule["alert"]
+    for rule in _alerts()
+    if rule["labels"]["severity"] == "critical" and "$labels.run" in rule["annotations"]["description"]
+]
+
+
+def test_run_pages_are_the_two_nan_alerts() -> None:
+    assert sorted(RUN_PAGES) == ["CaffeLayerNonFinite", "CaffeTrainingLossNonFinite"]
+
+
+@pytest.mark.parametrize("alertname", RUN_PAGES)
+def test_every_run_page_is_gated_by_the_paging_window(alertname: str) -> None:
+    page = _rule(alertname)
+    lines = [line.strip() for line in page["expr"].strip().splitlines()]
+    assert len(lines) == 2 and lines[1] == GATE, f"{alertname}: expr must be `<condition>\n{GATE}`"
+    condition = lines[0]
+    assert re.fullmatch(r"run:\w+:active", condition), condition
+    assert _rule(condition)["record"] == condition
+
+
+@pytest.mark.parametrize("alertname", RUN_PAGES)
+def test_every_run_page_has_a_historical_warning_on_the_same_condition(alertname: str) -> None:
+    page, twin = _rule(alertname), _rule(alertname + "Historical")
+    condition = page["expr"].strip().splitlines()[0].strip()
+    lines = [line.strip() for line in twin["expr"].strip().splitlines()]
+    assert lines == [condition, HISTORICAL_GATE]
+    assert twin["labels"]["severity"] == "warning"
+    assert (twin["for"], twin.get("keep_firing_for")) == (page["for"], page.get("keep_firing_for"))
+    assert "paging window" in twin["annotations"]["description"]
+
+
+def test_paging_window_is_written_once_and_documented() -> None:
+    seconds = _paging_window_seconds()
+    assert seconds == 3600
+    rules_text = RULES.read_text()
+    assert f"PAGING WINDOW: {seconds} seconds (1 hour)" in rules_text
+    exprs = [r["expr"] for g in _groups() for r in g["rules"]]
+    assert sum(str(seconds) in e for e in exprs) == 1, "the window is a single number in a single rule"
+    runbooks = RUNBOOKS.read_text()
+    assert "**Paging window.**" in runbooks
+    assert f"**{seconds} s (1 h)**" in runbooks
