@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import signal
 import sys
 import threading
@@ -18,11 +19,10 @@ from types import FrameType
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from exporter import __version__, checkpoint, config
-from exporter.collectors.anomalies import AnomalyCollector
-from exporter.collectors.runs import RunCollector
-from exporter.collectors.selfmetrics import ExporterCollector
+from exporter.collectors.scrape import ScrapeCollector
 from exporter.detect import make_observers
 from exporter.identity import RunNamer, SourceRule
+from exporter.lifecycle import Lifecycle
 from exporter.pipeline import Pipeline
 from exporter.serve import make_app, start_server
 from exporter.state import RunRegistry
@@ -33,13 +33,11 @@ log = logging.getLogger("caffe_exporter")
 
 def build(cfg: config.Config) -> tuple[Pipeline, CollectorRegistry]:
     """The pipeline and a registry holding its collectors (nothing registers globally)."""
-    runs = RunRegistry(identify=RunNamer(cfg.sources), make_observers=make_observers(cfg.detectors))
+    runs = RunRegistry(identify=RunNamer(cfg.sources), make_observers=make_observers(cfg.detectors),
+                       limits=cfg.limits, clock=time.time)
     pipeline = Pipeline(runs, TailStats())
     registry = CollectorRegistry()
-    run_collector = RunCollector(runs, pipeline.lock, cfg.max_series_per_run)
-    registry.register(run_collector)
-    registry.register(AnomalyCollector(runs, pipeline.lock))
-    registry.register(ExporterCollector(pipeline, run_collector))
+    registry.register(ScrapeCollector(pipeline))  # runs, anomalies and self-metrics of one state per scrape
     ProcessCollector(registry=registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
     PlatformCollector(registry=registry)  # python_info
     return pipeline, registry
@@ -80,6 +78,19 @@ def serve(cfg: config.Config, stop: threading.Event) -> None:
         threads.append(threading.Thread(
             target=follow, args=(tailer, pipeline.on_chunk, stop),
             kwargs={"force_polling": cfg.poll, "poll_interval": cfg.poll_interval}, name="tail", daemon=True))
+    def forget(paths: Sequence[str]) -> None:
+        """A dropped run's files are read again from their start once they grow (a fresh run)."""
+        for path in paths:
+            if tailer is not None and hasattr(tailer, "forget"):  # Tailer.forget(path)
+                tailer.forget(path)
+
+    lifecycle = Lifecycle(cfg.runs, pipeline.registry, clock=time.time, exists=os.path.lexists, on_drop=forget)
+
+    def sweep() -> None:
+        while not stop.wait(cfg.runs.sweep_interval()):
+            with pipeline.lock:
+                lifecycle.sweep()
+    threads.append(threading.Thread(target=sweep, name="lifecycle", daemon=True))
     for t in threads:
         t.start()
     try:

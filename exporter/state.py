@@ -48,7 +48,6 @@ from exporter.events import (
 )
 from exporter.parse import (
     PREFIX_AT_LINE_START,
-    SCAN as _SCAN_ANY,
     SCAN,
     SCAN_GLOG,
     STAGES,
@@ -96,7 +95,7 @@ def carries_caffe_state(text: str) -> bool:
     the parser reads as an event (a glog file header alone is any glog program's)."""
     if _CAFFE_SOURCE.search(text):
         return True
-    for m in _SCAN_ANY.finditer(text):
+    for m in SCAN.finditer(text):
         start, end = line_at(text, m.start())
         pl = parse_line(text[start:end])
         if pl is not None and not isinstance(pl.event, GlogHeader):

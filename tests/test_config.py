@@ -99,7 +99,7 @@ BAD: list[tuple[str, str]] = [
     ("read_bytes: 1024", "read_bytes: expected an integer >= 4096"),
     ("read_bytes: true", "read_bytes: expected an integer >= 4096"),
     ("limits: 5", "limits: expected a mapping"),
-    ("limits: {max_series: 5}", "limits: unknown key(s) ['max_series']"),
+    ("limits: {max_serie: 5}", "limits: unknown key(s) ['max_serie']"),
     ("limits: {max_series_per_run: 0}", "limits.max_series_per_run: expected a positive integer"),
     ("detectors: [a]", "detectors: expected a mapping"),
     ("detectors: {no_such_detector: {}}", "detectors.no_such_detector: unknown detector"),
