@@ -133,6 +133,11 @@ class SeriesBudget:
     dropped: Counter[str] = field(default_factory=Counter)
 
 
+# uncached: a key is admitted once, and a flood of refused keys must not fill parse's cache of stored ones
+_split_key = split_key.__wrapped__
+_split_update_key = split_update_key.__wrapped__
+
+
 def _cut(name: str, max_bytes: int) -> str:
     b = name.encode()
     return name if len(b) <= max_bytes else b[:max_bytes].decode("utf-8", "ignore")
@@ -439,7 +444,7 @@ class RunState:
         """The key under which a new per-layer value of `phase` is stored (names cut to max_name_bytes);
         None when the layer filter or a series limit refuses it (counted). `values`: the dict it goes to,
         when the cut key may already be in it."""
-        parts = split_key(key)
+        parts = _split_key(key)
         if parts is None:  # no layer/blob key: rendered nowhere, so stored nowhere
             return None
         layer, role, blob = parts
@@ -462,7 +467,7 @@ class RunState:
 
     def _admit_update(self, key: str) -> str | None:
         """As _admit, for an `[Update]` key ("conv1, param 0"): two series (data and diff), no layer_info."""
-        parts = split_update_key(key)
+        parts = _split_update_key(key)
         if parts is None:
             return None
         layer, param = parts
