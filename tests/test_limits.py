@@ -11,16 +11,16 @@ import threading
 import tracemalloc
 from pathlib import Path
 
-import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import checkpoint
 from exporter.collectors.runs import RunCollector
 from exporter.collectors.scrape import ScrapeCollector
+from exporter.detect import DetectorConfig
 from exporter.identity import RunNamer
 from exporter.pipeline import Pipeline
-from exporter.state import Limits, RunRegistry, RunState
+from exporter.state import Limits, RunRegistry
 from exporter.tail import Chunk
 
 REAL = Path(__file__).parent / "fixtures" / "real-caffe"
@@ -150,7 +150,7 @@ def test_a_restored_run_counts_its_series_again(tmp_path: Path) -> None:
     reg = fed(Limits(), ("jobs/lenet/caffe.log", HEALTHY))
     data = checkpoint.snapshot(reg, {})
     again = RunRegistry(identify=RunNamer(), clock=lambda: 0.0)
-    checkpoint.restore(data, again, __import__("exporter.detect").detect.DetectorConfig())
+    checkpoint.restore(data, again, DetectorConfig())
     assert again.runs["lenet"].series == reg.runs["lenet"].series == again.budget.total > 0
 
 
