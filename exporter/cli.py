@@ -87,7 +87,7 @@ def serve(cfg: config.Config, stop: threading.Event) -> None:
     lifecycle = Lifecycle(cfg.runs, pipeline.registry, clock=time.time, exists=os.path.lexists, on_drop=forget)
 
     def sweep() -> None:
-        while not stop.wait(cfg.runs.sweep_interval()):
+        while not stop.wait(lifecycle.config.sweep_interval()):
             with pipeline.lock:
                 lifecycle.sweep()
     threads.append(threading.Thread(target=sweep, name="lifecycle", daemon=True))

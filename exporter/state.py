@@ -927,7 +927,18 @@ class RunRegistry:
         return list(run.sources)
 
     def dropped_paths(self) -> list[str]:
+        """Paths of dropped runs not read from their start since (to carry across a restart)."""
         return list(self._dropped)
+
+    def mark_dropped(self, paths: Iterable[str]) -> None:
+        """Restore `dropped_paths()` of a previous process: their chunks start no run until one is read from
+        the file's start (the tailer told to forget them again)."""
+        self._dropped.update(p for p in paths if p not in self._by_path)
+
+    def set_limits(self, limits: Limits) -> None:
+        """New limits (a reloaded configuration): they apply to series not stored yet; none is removed."""
+        self.limits = limits
+        self.budget.limits = limits
 
     def forget_dropped(self, path: str) -> None:
         """A dropped path that is gone from disk needs no mark any more (keeps the set bounded)."""

@@ -166,6 +166,18 @@ def test_a_run_restored_without_a_read_time_starts_its_time_at_the_first_sweep(t
     assert restarted.after(0) == [] and restarted.after(3599) == [] and restarted.after(1) != []
 
 
+def test_dropped_paths_carried_to_a_new_process_start_no_run_mid_file(tmp_path: Path) -> None:
+    w = World(tmp_path, CFG)
+    path = w.log("job", TRAINING)
+    w.after(7 * 86400)
+    restarted = World(tmp_path, CFG)
+    restarted.registry.mark_dropped(w.registry.dropped_paths())
+    more = "I1126 14:30:00.000000 18205 solver.cpp:239] Iteration 210, loss = 0.1\n"
+    assert restarted.registry.feed(Chunk(path, more, 300, False, 0.0)) == 0 and restarted.registry.runs == {}
+    restarted.registry.feed(Chunk(path, TRAINING + more, 1, True, 0.0))
+    assert list(restarted.registry.runs) == ["job"]
+
+
 def test_marks_of_dropped_paths_go_with_their_files(tmp_path: Path) -> None:
     w = World(tmp_path, CFG)
     path = w.log("job", TRAINING)

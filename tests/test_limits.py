@@ -146,6 +146,18 @@ def test_nonfinite_counters_count_against_the_cap() -> None:
     assert reg.budget.dropped == {"max_series_per_run": 2}
 
 
+def test_new_limits_apply_to_series_not_stored_yet() -> None:
+    reg = fed(Limits(max_series_per_run=5), ("jobs/lenet/caffe.log", HEALTHY))
+    reg.set_limits(Limits(max_series_per_run=7))
+    reg.feed(Chunk("jobs/lenet/caffe.log", HEALTHY, 1, False, 0.0))
+    # one more value of a stored layer (label_mnist_1_split_1) fits; a new layer's value and layer_info (2) not
+    assert reg.runs["lenet"].series == 6 and reg.budget.limits.max_series_per_run == 7
+    assert list(reg.runs["lenet"].forward["test"])[-1] == "label_mnist_1_split, top blob label_mnist_1_split_1"
+    reg.set_limits(Limits(max_series_per_run=1))  # lower: nothing stored is removed
+    reg.feed(Chunk("jobs/lenet/caffe.log", HEALTHY, 1, False, 0.0))
+    assert reg.runs["lenet"].series == 6
+
+
 def test_a_restored_run_counts_its_series_again(tmp_path: Path) -> None:
     reg = fed(Limits(), ("jobs/lenet/caffe.log", HEALTHY))
     data = checkpoint.snapshot(reg, {})
