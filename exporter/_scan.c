@@ -1,6 +1,6 @@
 /* Optional accelerator for the hot loop of exporter/state.py (RunState.feed).
  *
- * scan(text, pos, end, fwd, bwd, udata, udiff) -> (stop, nfwd, nbwd, nupd)
+ * scan(text, pos, end, fwd, bwd, udata, udiff[, insert]) -> (stop, nfwd, nbwd, nupd)
  *
  * Reads the glog-prefixed lines of `text` from `pos` (a line start) and stores every plain per-layer value
  * line into the dicts exactly as the Python loop over parse.SCAN_GLOG does:
@@ -14,6 +14,10 @@
  * `stop` being its start (or `end`), and the Python code gives that line to the regex path, so the C code
  * never has to know any other line shape. Only 1-byte (Latin-1/ASCII) strings are scanned; for others it
  * returns at once with nothing done. tests/test_scan_accel.py checks it against the pure-Python path.
+ *
+ * With insert = 0 it only updates keys already in the dicts and stops at a line with a new key: the run
+ * state admits new series in Python (limits, name length, layer filter), the C code keeps the hot loop of
+ * a net whose series are all known.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -66,12 +70,20 @@ starts(const Py_UCS1 *s, Py_ssize_t i, Py_ssize_t e, const char *lit, Py_ssize_t
     return e - i >= k && memcmp(s + i, lit, (size_t)k) == 0;
 }
 
+/* 1 stored, 0 not stored (a new key while inserting is off), -1 Python error */
 static int
-store(PyObject *dict, PyObject *text, Py_ssize_t ka, Py_ssize_t kb, Py_ssize_t va, Py_ssize_t vb)
+store(PyObject *dict, PyObject *text, Py_ssize_t ka, Py_ssize_t kb, Py_ssize_t va, Py_ssize_t vb, int insert)
 {
     PyObject *key = PyUnicode_Substring(text, ka, kb);
     if (key == NULL)
         return -1;
+    if (!insert) {
+        int known = PyDict_Contains(dict, key);
+        if (known <= 0) {
+            Py_DECREF(key);
+            return known;
+        }
+    }
     PyObject *value = PyUnicode_Substring(text, va, vb);
     if (value == NULL) {
         Py_DECREF(key);
@@ -80,6 +92,20 @@ store(PyObject *dict, PyObject *text, Py_ssize_t ka, Py_ssize_t kb, Py_ssize_t v
     int rc = PyDict_SetItem(dict, key, value);
     Py_DECREF(key);
     Py_DECREF(value);
+    return rc < 0 ? -1 : 1;
+}
+
+/* Whether key s[ka:kb] is in dict (always 1 while inserting); -1 on a Python error. */
+static int
+known(PyObject *dict, PyObject *text, Py_ssize_t ka, Py_ssize_t kb, int insert)
+{
+    if (insert)
+        return 1;
+    PyObject *key = PyUnicode_Substring(text, ka, kb);
+    if (key == NULL)
+        return -1;
+    int rc = PyDict_Contains(dict, key);
+    Py_DECREF(key);
     return rc;
 }
 
@@ -88,7 +114,7 @@ enum { NOT_FAST = 0, FORWARD = 1, BACKWARD = 2, UPDATE = 3 };
 /* Classify the line s[a:e] and store it; returns its kind, or -1 on a Python error. */
 static int
 one_line(PyObject *text, const Py_UCS1 *s, Py_ssize_t a, Py_ssize_t e, PyObject *fwd, PyObject *bwd,
-         PyObject *udata, PyObject *udiff)
+         PyObject *udata, PyObject *udiff, int insert)
 {
     /* the message: after the first ']' that is followed by a space (the only place SCAN_GLOG can match) */
     Py_ssize_t i = a;
@@ -106,13 +132,15 @@ one_line(PyObject *text, const Py_UCS1 *s, Py_ssize_t a, Py_ssize_t e, PyObject 
         Py_ssize_t k = i + 16, m = rfind(s, k, e, " data: ", 7);
         if (m <= k || !is_num(s + m + 7, e - m - 7))
             return NOT_FAST;
-        return store(fwd, text, k, m, m + 7, e) < 0 ? -1 : FORWARD;
+        int rc = store(fwd, text, k, m, m + 7, e, insert);
+        return rc < 0 ? -1 : (rc ? FORWARD : NOT_FAST);
     }
     if (starts(s, i, e, "[Backward] Layer ", 17)) {
         Py_ssize_t k = i + 17, m = rfind(s, k, e, " diff: ", 7);
         if (m <= k || !is_num(s + m + 7, e - m - 7))
             return NOT_FAST;
-        return store(bwd, text, k, m, m + 7, e) < 0 ? -1 : BACKWARD;
+        int rc = store(bwd, text, k, m, m + 7, e, insert);
+        return rc < 0 ? -1 : (rc ? BACKWARD : NOT_FAST);
     }
     if (starts(s, i, e, "[Update] Layer ", 15)) {
         Py_ssize_t k = i + 15, m = rfind(s, k, e, " data: ", 7);
@@ -121,7 +149,13 @@ one_line(PyObject *text, const Py_UCS1 *s, Py_ssize_t a, Py_ssize_t e, PyObject 
         Py_ssize_t d = rfind(s, m + 7, e, "; diff: ", 8);
         if (d < 0 || !is_num(s + m + 7, d - m - 7) || !is_num(s + d + 8, e - d - 8))
             return NOT_FAST;
-        if (store(udata, text, k, m, m + 7, d) < 0 || store(udiff, text, k, m, d + 8, e) < 0)
+        /* both keys known before either is stored: a line is applied whole or left to Python */
+        int ka = known(udata, text, k, m, insert), kd = ka > 0 ? known(udiff, text, k, m, insert) : ka;
+        if (ka < 0 || kd < 0)
+            return -1;
+        if (!ka || !kd)
+            return NOT_FAST;
+        if (store(udata, text, k, m, m + 7, d, 1) < 0 || store(udiff, text, k, m, d + 8, e, 1) < 0)
             return -1;
         return UPDATE;
     }
@@ -133,8 +167,9 @@ scan(PyObject *self, PyObject *args)
 {
     PyObject *text, *fwd, *bwd, *udata, *udiff;
     Py_ssize_t pos, end;
-    if (!PyArg_ParseTuple(args, "UnnO!O!O!O!", &text, &pos, &end, &PyDict_Type, &fwd, &PyDict_Type, &bwd,
-                          &PyDict_Type, &udata, &PyDict_Type, &udiff))
+    int insert = 1;
+    if (!PyArg_ParseTuple(args, "UnnO!O!O!O!|p", &text, &pos, &end, &PyDict_Type, &fwd, &PyDict_Type, &bwd,
+                          &PyDict_Type, &udata, &PyDict_Type, &udiff, &insert))
         return NULL;
     Py_ssize_t len = PyUnicode_GET_LENGTH(text);
     if (pos < 0 || end > len || pos > end) {
@@ -149,7 +184,7 @@ scan(PyObject *self, PyObject *args)
     while (a < end) {
         const Py_UCS1 *nl = memchr(s + a, '\n', (size_t)(end - a));
         Py_ssize_t e = nl == NULL ? end : nl - s;
-        int kind = one_line(text, s, a, e, fwd, bwd, udata, udiff);
+        int kind = one_line(text, s, a, e, fwd, bwd, udata, udiff, insert);
         if (kind < 0)
             return NULL;
         if (kind == NOT_FAST)
@@ -162,8 +197,8 @@ scan(PyObject *self, PyObject *args)
 
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS,
-     "scan(text, pos, end, fwd, bwd, udata, udiff) -> (stop, nfwd, nbwd, nupd): store plain per-layer "
-     "value lines from pos on; stop at the first other line."},
+     "scan(text, pos, end, fwd, bwd, udata, udiff[, insert]) -> (stop, nfwd, nbwd, nupd): store plain "
+     "per-layer value lines from pos on; stop at the first other line (and, insert false, at a new key)."},
     {NULL, NULL, 0, NULL},
 };
 

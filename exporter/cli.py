@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import signal
 import sys
 import threading
@@ -21,12 +22,11 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from exporter import __version__, checkpoint, config
-from exporter.collectors.anomalies import AnomalyCollector
-from exporter.collectors.runs import RunCollector
-from exporter.collectors.selfmetrics import ExporterCollector
+from exporter.collectors.scrape import ScrapeCollector
 from exporter.detect import make_observers
 from exporter.errors import StageErrors
 from exporter.identity import RunNamer, SourceRule
+from exporter.lifecycle import Lifecycle
 from exporter.pipeline import Pipeline
 from exporter.serve import make_app, start_server
 from exporter.state import RunRegistry
@@ -39,14 +39,14 @@ class _Guarded(Collector):
     """A collector whose failure costs its own families, counted, instead of failing the whole scrape."""
 
     def __init__(self, inner: Collector, errors: StageErrors, name: str) -> None:
-        self._inner, self._errors, self._name = inner, errors, name
+        self.inner, self._errors, self._name = inner, errors, name
 
     def describe(self) -> Iterable[Metric]:
-        return self._inner.describe() if hasattr(self._inner, "describe") else []
+        return self.inner.describe() if hasattr(self.inner, "describe") else []
 
     def collect(self) -> Iterable[Metric]:
         try:
-            families = list(self._inner.collect())
+            families = list(self.inner.collect())
         except Exception as e:
             self._errors.report("collect", self._name, e)
             return []
@@ -56,13 +56,13 @@ class _Guarded(Collector):
 
 def build(cfg: config.Config) -> tuple[Pipeline, CollectorRegistry]:
     """The pipeline and a registry holding its collectors (nothing registers globally)."""
-    runs = RunRegistry(identify=RunNamer(cfg.sources), make_observers=make_observers(cfg.detectors))
+    runs = RunRegistry(identify=RunNamer(cfg.sources), make_observers=make_observers(cfg.detectors),
+                       limits=cfg.limits, clock=time.time)
     pipeline = Pipeline(runs, TailStats())
     registry = CollectorRegistry()
-    run_collector = RunCollector(runs, pipeline.lock, cfg.max_series_per_run)
-    registry.register(_Guarded(run_collector, pipeline.errors, "runs"))
-    registry.register(_Guarded(AnomalyCollector(runs, pipeline.lock), pipeline.errors, "anomalies"))
-    registry.register(ExporterCollector(pipeline, run_collector))
+    # runs, anomalies and self-metrics rendered from one state per scrape; a failure costs the scrape its
+    # caffe_* families (counted in errors_total{stage="collect"}), never the process and self-metrics
+    registry.register(_Guarded(ScrapeCollector(pipeline), pipeline.errors, "scrape"))
     ProcessCollector(registry=registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
     PlatformCollector(registry=registry)  # python_info
     return pipeline, registry
@@ -130,6 +130,19 @@ def serve(cfg: config.Config, stop: threading.Event) -> int:
         saver = _checkpointer(cfg, pipeline)
         threads.append(threading.Thread(target=_save_periodically, args=(saver, pipeline, stop), name="checkpoint",
                                         daemon=True))
+    def forget(paths: Sequence[str]) -> None:
+        """A dropped run's files are read again from their start once they grow (a fresh run)."""
+        for path in paths:
+            if tailer is not None and hasattr(tailer, "forget"):  # Tailer.forget(path)
+                tailer.forget(path)
+
+    lifecycle = Lifecycle(cfg.runs, pipeline.registry, clock=time.time, exists=os.path.lexists, on_drop=forget)
+
+    def sweep() -> None:
+        while not stop.wait(lifecycle.config.sweep_interval()):
+            with pipeline.lock:
+                lifecycle.sweep()
+    threads.append(threading.Thread(target=sweep, name="lifecycle", daemon=True))
     for t in threads:
         t.start()
     status = 0
@@ -182,8 +195,6 @@ def _save_periodically(saver: checkpoint.Checkpointer, pipeline: Pipeline, stop:
 
 def _checkpointer(cfg: config.Config, pipeline: Pipeline) -> checkpoint.Checkpointer:
     def state() -> dict[str, Any] | None:  # the caller holds pipeline.lock
-        if pipeline.uncommitted:
-            return None  # a read is half applied; the next chunk of that file commits it
         return checkpoint.snapshot(pipeline.registry, pipeline.applied, pipeline.counters())
 
     def failed(e: BaseException) -> None:

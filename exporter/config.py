@@ -14,6 +14,8 @@ import yaml
 
 from exporter.detect import DetectorConfig
 from exporter.identity import SourceRule, check_label_name
+from exporter.lifecycle import LifecycleConfig, parse_duration
+from exporter.state import Limits
 
 DEFAULT_LISTEN = "0.0.0.0:10052"
 T = TypeVar("T")
@@ -32,10 +34,15 @@ class Config:
     poll_interval: float = 1.0  # seconds between safety-net polls (and between polls with poll: true)
     max_line_bytes: int = 1 << 20
     read_bytes: int = 4 << 20
-    max_series_per_run: int = 20000
     checkpoint_file: str = ""  # offsets and state saved here so a restart continues (docs/configuration.md)
     checkpoint_interval: float = 30.0
     detectors: DetectorConfig = field(default_factory=DetectorConfig)
+    limits: Limits = field(default_factory=Limits)
+    runs: LifecycleConfig = field(default_factory=LifecycleConfig)
+
+    @property
+    def max_series_per_run(self) -> int:
+        return self.limits.max_series_per_run
 
 
 def parse_listen(value: str, where: str) -> tuple[str, int]:
@@ -101,7 +108,7 @@ def from_mapping(data: Any, where: str) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping of settings at the top level, got {type(data).__name__}")
     known = {"listen", "sources", "start_at", "poll", "poll_interval", "max_line_bytes", "read_bytes", "limits",
-             "checkpoint_file", "checkpoint_interval", "detectors"}
+             "checkpoint_file", "checkpoint_interval", "detectors", "runs"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
@@ -118,12 +125,8 @@ def from_mapping(data: Any, where: str) -> Config:
                     and 0 < v <= 3600, "a number of seconds in (0, 3600]", 1.0)
     max_line = _get(data, "max_line_bytes", w, lambda v: _is_int(v) and v >= 1024, "an integer >= 1024", 1 << 20)
     read_bytes = _get(data, "read_bytes", w, lambda v: _is_int(v) and v >= 4096, "an integer >= 4096", 4 << 20)
-    limits: dict[str, Any] = _get(data, "limits", w, lambda v: isinstance(v, dict), "a mapping", {})
-    unknown = sorted(set(limits) - {"max_series_per_run"})
-    if unknown:
-        raise ConfigError(f"{where}: limits: unknown key(s) {unknown}; known: ['max_series_per_run']")
-    max_series = _get(limits, "max_series_per_run", f"{where}: limits", lambda v: _is_int(v) and v > 0,
-                      "a positive integer", 20000)
+    limits = _limits(_get(data, "limits", w, lambda v: isinstance(v, dict), "a mapping", {}), f"{where}: limits")
+    runs = _lifecycle(_get(data, "runs", w, lambda v: isinstance(v, dict), "a mapping", {}), f"{where}: runs")
     raw_detectors: dict[str, Any] = _get(data, "detectors", w, lambda v: isinstance(v, dict), "a mapping", {})
     try:
         detectors = DetectorConfig.from_mapping(raw_detectors, where)
@@ -132,8 +135,53 @@ def from_mapping(data: Any, where: str) -> Config:
     checkpoint_file = _get(data, "checkpoint_file", w, lambda v: isinstance(v, str), "a file path string", "")
     checkpoint_interval = _get(data, "checkpoint_interval", w, lambda v: isinstance(v, int | float)
                                and not isinstance(v, bool) and v > 0, "a positive number of seconds", 30.0)
-    return Config(listen, sources, start_at, poll, float(interval), max_line, read_bytes, max_series, checkpoint_file,
-                  float(checkpoint_interval), detectors)
+    return Config(listen=listen, sources=sources, start_at=start_at, poll=poll, poll_interval=float(interval),
+                  max_line_bytes=max_line, read_bytes=read_bytes, checkpoint_file=checkpoint_file,
+                  checkpoint_interval=float(checkpoint_interval), detectors=detectors, limits=limits, runs=runs)
+
+
+def _limits(d: Mapping[str, Any], where: str) -> Limits:
+    known = ["layers", "max_name_bytes", "max_runs", "max_series", "max_series_per_run"]
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {known}")
+    dflt = Limits()
+
+    def positive(key: str, default: int) -> int:
+        return _get(d, key, where, lambda v: _is_int(v) and v > 0, "a positive integer", default)
+
+    layers: dict[str, Any] = _get(d, "layers", where, lambda v: isinstance(v, dict), "a mapping with include "
+                                  "and/or exclude", {})
+    unknown = sorted(set(layers) - {"include", "exclude"})
+    if unknown:
+        raise ConfigError(f"{where}.layers: unknown key(s) {unknown}; known: ['exclude', 'include']")
+    patterns: dict[str, re.Pattern[str] | None] = {}
+    for key in ("include", "exclude"):
+        pattern = _get(layers, key, f"{where}.layers", lambda v: isinstance(v, str), "a regular expression string",
+                       "")
+        try:
+            patterns[key] = re.compile(pattern) if pattern else None
+        except re.error as e:
+            raise ConfigError(f"{where}.layers.{key}: invalid regular expression: {e}") from None
+    return Limits(max_series_per_run=positive("max_series_per_run", dflt.max_series_per_run),
+                  max_series=positive("max_series", dflt.max_series), max_runs=positive("max_runs", dflt.max_runs),
+                  max_name_bytes=positive("max_name_bytes", dflt.max_name_bytes),
+                  layer_include=patterns["include"], layer_exclude=patterns["exclude"])
+
+
+def _lifecycle(d: Mapping[str, Any], where: str) -> LifecycleConfig:
+    known = ["deleted_grace", "finished_ttl", "stale_ttl"]
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {known}")
+    seconds: dict[str, float] = {}
+    for key in known:
+        if key in d:
+            try:
+                seconds[key] = parse_duration(d[key])
+            except ValueError as e:
+                raise ConfigError(f"{where}.{key}: {e}") from None
+    return LifecycleConfig(**seconds)
 
 
 def load(path: str) -> Config:

@@ -38,9 +38,6 @@ class Pipeline:
     after_chunk: Callable[[], None] | None = None  # called under the lock once a chunk is applied (checkpoints)
     # per path, where the lines applied to the run state end (what a checkpoint may save)
     applied: dict[str, FilePosition] = field(default_factory=dict)
-    # paths with lines applied past their last committed position (a read split into several chunks):
-    # no consistent checkpoint can be taken until their next committed position
-    uncommitted: set[str] = field(default_factory=set)
     generation: int = 0  # chunks applied so far: a checkpoint is due only when it moved
 
     def on_chunk(self, chunk: Chunk) -> None:
@@ -60,9 +57,6 @@ class Pipeline:
             self.generation += 1
             if chunk.end is not None:
                 self.applied[chunk.path] = chunk.end
-                self.uncommitted.discard(chunk.path)
-            elif chunk.path != "-":
-                self.uncommitted.add(chunk.path)
             if self.after_chunk is not None:
                 self.after_chunk()
 

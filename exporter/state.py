@@ -64,7 +64,9 @@ from exporter.tail import Chunk
 
 try:
     from exporter import _scan as _accel
-except ImportError:  # built without a C compiler: the pure-Python loop does the same, slower
+
+    _accel.scan("", 0, 0, {}, {}, {}, {}, False)  # a build older than the `insert` flag: not usable
+except (ImportError, TypeError):  # built without a C compiler: the pure-Python loop does the same, slower
     _accel = None  # type: ignore[assignment]
 
 Value = str | float  # the fast path stores the number as printed; float() reads both
@@ -72,6 +74,73 @@ PHASES = ("train", "test")
 MAX_DUMP_LINES = 200_000  # a NetParameter dump longer than this is no dump (keeps memory bounded)
 _DEBUG_TID = re.compile(r" (\d+) net\.cpp:\d+\]")
 _GLOG_NAME_DATE = re.compile(r"\.(\d{4})(\d\d)(\d\d)-\d{6}\.\d+$")
+
+
+# A glog prefix whose source file is one of Caffe's (NVCaffe and Intel Caffe included): the line is Caffe's
+# even when no event is parsed from it. Any other glog program's lines, and bare glog file headers, are not.
+_CAFFE_SOURCE = re.compile(
+    r"^[IWEF]\d{4}(?:\d{4})? \d\d:\d\d:\d\d(?:\.\d+)? +\d+ (?:"
+    r"\w*_(?:layer|solver)|solver|net|caffe|layer_factory|parallel|data_transformer|data_reader|internal_thread|"
+    r"blocking_queue|db_lmdb|db_leveldb|upgrade_proto|gpu_memory|cudnn\w*|syncedmem|insert_splits|hdf5|"
+    r"device_alternate|cpu_info|solver_factory|net_parameter\w*"
+    r")\.(?:cpp|hpp|cu):\d+\]",
+    re.M,
+)
+UNLIMITED = 1 << 62
+DROP_REASONS = ("max_series_per_run", "max_series", "max_runs", "name_too_long", "layer_filter")
+
+
+def carries_caffe_state(text: str) -> bool:
+    """Whether a chunk holds a line only Caffe prints: a glog prefix naming a Caffe source file, or a line
+    the parser reads as an event (a glog file header alone is any glog program's)."""
+    if _CAFFE_SOURCE.search(text):
+        return True
+    for m in SCAN.finditer(text):
+        start, end = line_at(text, m.start())
+        pl = parse_line(text[start:end])
+        if pl is not None and not isinstance(pl.event, GlogHeader):
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one exporter stores at most (docs/configuration.md, `limits:`); over a limit is not stored."""
+
+    max_series_per_run: int = 20000
+    max_series: int = 1_000_000
+    max_runs: int = 10_000
+    max_name_bytes: int = 256
+    layer_include: re.Pattern[str] | None = None  # fullmatch on the layer name; None keeps every layer
+    layer_exclude: re.Pattern[str] | None = None
+
+    @classmethod
+    def unlimited(cls) -> Limits:
+        return cls(UNLIMITED, UNLIMITED, UNLIMITED, UNLIMITED)
+
+    def keeps_layer(self, layer: str) -> bool:
+        if self.layer_include is not None and not self.layer_include.fullmatch(layer):
+            return False
+        return self.layer_exclude is None or not self.layer_exclude.fullmatch(layer)
+
+
+@dataclass
+class SeriesBudget:
+    """Series stored by all runs of a registry, against `limits`; what was refused, by reason (a counter)."""
+
+    limits: Limits = field(default_factory=Limits.unlimited)
+    total: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+
+
+# uncached: a key is admitted once, and a flood of refused keys must not fill parse's cache of stored ones
+_split_key = split_key.__wrapped__
+_split_update_key = split_update_key.__wrapped__
+
+
+def _cut(name: str, max_bytes: int) -> str:
+    b = name.encode()
+    return name if len(b) <= max_bytes else b[:max_bytes].decode("utf-8", "ignore")
 
 
 def is_finite(v: Value) -> bool:
@@ -205,6 +274,16 @@ class RunState:
     observers: list[BlockObserver] = field(default_factory=list, repr=False, compare=False)
     # use the C scanner (exporter/_scan.c) when it was built; tests switch it off to compare both paths
     accelerate: bool = field(default=True, repr=False, compare=False)
+    # lifecycle (exporter/lifecycle.py): wall-clock time the exporter last applied a chunk of the run, and
+    # since when all of its log files are gone (None while one exists); both checkpointed
+    read_at: float | None = None
+    gone_at: float | None = None
+    # limits: the registry's shared budget; `series` counts what this run holds against it (per-layer
+    # values, one caffe_layer_info per layer and phase, nonfinite counters); `layers` names those layers
+    budget: SeriesBudget = field(default_factory=SeriesBudget, repr=False, compare=False)
+    series: int = field(default=0, repr=False, compare=False)
+    layers: dict[str, set[str]] = field(default_factory=lambda: {p: set() for p in PHASES}, repr=False,
+                                        compare=False)
 
     # -- reading -------------------------------------------------------------------------------------
 
@@ -249,18 +328,24 @@ class RunState:
                 li = m.lastindex
                 if li == 2 and fast:
                     key, v = m.group(1, 2)
-                    fwd[key] = v
+                    admitted = key if key in fwd else self._admit(key, th.phase)
+                    if admitted is not None:
+                        fwd[admitted] = v
                     nfwd += 1
                     continue
                 if li == 4 and fast:
                     key, v = m.group(3, 4)
-                    bwd[key] = v
+                    admitted = key if key in bwd else self._admit(key, "train", bwd)
+                    if admitted is not None:
+                        bwd[admitted] = v
                     nbwd += 1
                     continue
                 if li == 7 and fast:
                     key, v, g = m.group(5, 6, 7)
-                    udata[key] = v
-                    udiff[key] = g
+                    admitted = key if key in udata and key in udiff else self._admit_update(key)
+                    if admitted is not None:
+                        udata[admitted] = v
+                        udiff[admitted] = g
                     nupd += 1
                     continue
                 start, end = line_at(text, m.start())
@@ -311,7 +396,8 @@ class RunState:
         """SCAN_GLOG's matches from pos, except the plain per-layer value lines, which the C scanner stores
         itself (into the dicts of the thread's current phase) and counts in `tally`.
 
-        The scanner stops at every other line; the regex takes over from there for `burst` bytes, which
+        The scanner stops at every other line, and at every line with a key not stored yet (new series go
+        through the limits in _admit); the regex takes over from there for `burst` bytes, which
         doubles while the scanner keeps stopping at once (a diverged run prints nothing but NaN lines) and
         falls back to one line as soon as it gets through plain lines again."""
         assert _accel is not None
@@ -319,7 +405,7 @@ class RunState:
         burst = 0
         while pos < n:
             stop, nf, nb, nu = _accel.scan(text, pos, n, self.forward[th.phase], self.backward, self.update_data,
-                                           self.update_diff)
+                                           self.update_diff, False)  # new keys: admitted by _admit
             tally[0] += nf
             tally[1] += nb
             tally[2] += nu
@@ -330,6 +416,83 @@ class RunState:
             end = n if end < 0 else end
             yield from SCAN_GLOG.finditer(text, stop, end)
             pos = end + 1
+
+    # -- limits ------------------------------------------------------------------------------------
+
+    def _refuse(self, reason: str) -> None:
+        self.budget.dropped[reason] += 1
+
+    def _room(self, units: int) -> bool:
+        """Whether `units` more series fit, the run's and the registry's limits both; counts a refusal."""
+        b = self.budget
+        if self.series + units > b.limits.max_series_per_run:
+            self._refuse("max_series_per_run")
+            return False
+        if b.total + units > b.limits.max_series:
+            self._refuse("max_series")
+            return False
+        self.series += units
+        b.total += units
+        return True
+
+    def _name(self, name: str) -> str:
+        cut = _cut(name, self.budget.limits.max_name_bytes)
+        if cut is not name:
+            self._refuse("name_too_long")
+        return cut
+
+    def _admit(self, key: str, phase: str, values: Mapping[str, Value] | None = None) -> str | None:
+        """The key under which a new per-layer value of `phase` is stored (names cut to max_name_bytes);
+        None when the layer filter or a series limit refuses it (counted). `values`: the dict it goes to,
+        when the cut key may already be in it."""
+        parts = _split_key(key)
+        if parts is None:  # no layer/blob key: rendered nowhere, so stored nowhere
+            return None
+        layer, role, blob = parts
+        lim = self.budget.limits
+        if 4 * len(key) > lim.max_name_bytes:  # some part may be over max_name_bytes once UTF-8 encoded
+            layer, blob = self._name(layer), self._name(blob)
+            key = layer_key(layer, role, blob)
+            target = values if values is not None else self.forward[phase]
+            if key in target:
+                return key
+        if not lim.keeps_layer(layer):
+            self._refuse("layer_filter")
+            return None
+        new_layer = layer not in self.layers[phase]
+        if not self._room(1 + new_layer):
+            return None
+        if new_layer:
+            self.layers[phase].add(layer)
+        return key
+
+    def _admit_update(self, key: str) -> str | None:
+        """As _admit, for an `[Update]` key ("conv1, param 0"): two series (data and diff), no layer_info."""
+        parts = _split_update_key(key)
+        if parts is None:
+            return None
+        layer, param = parts
+        lim = self.budget.limits
+        if 4 * len(key) > lim.max_name_bytes:
+            layer, param = self._name(layer), self._name(param)
+            key = f"{layer}, param {param}"
+            if key in self.update_diff:
+                return key
+        if not lim.keeps_layer(layer):
+            self._refuse("layer_filter")
+            return None
+        return key if self._room((key not in self.update_data) + (key not in self.update_diff)) else None
+
+    def recount(self) -> None:
+        """Rebuild `series` and `layers` from the stored values (a run restored from a checkpoint)."""
+        self.layers = {p: set() for p in PHASES}
+        for phase in PHASES:
+            for layer, _, _, _ in self.blobs(phase, "forward"):
+                self.layers[phase].add(layer)
+        for layer, _, _, _ in self.blobs("train", "backward"):
+            self.layers["train"].add(layer)
+        self.series = (sum(len(d) for d in self.forward.values()) + len(self.backward) + len(self.update_data)
+                       + len(self.update_diff) + sum(len(x) for x in self.layers.values()) + len(self.nonfinite))
 
     def thread(self, tid: str) -> ThreadState:
         th = self.threads.get(tid)
@@ -418,12 +581,15 @@ class RunState:
             th.passes += 1
         elif isinstance(ev, UpdateValue):
             self.debug_lines[th.phase, "update"] += 1
-            key = f"{ev.layer}, param {ev.param}"
-            if ev.data is not None:
-                self.update_data[key] = ev.data
-                if not math.isfinite(ev.data):
-                    self._nonfinite(th, "update", ev.layer, ev.param, "data", ev.data, line_no, path)
-            self.update_diff[key] = ev.diff
+            ukey = f"{ev.layer}, param {ev.param}"
+            known = ukey in self.update_diff and (ev.data is None or ukey in self.update_data)
+            key = ukey if known else self._admit_update(ukey)
+            if key is not None:
+                if ev.data is not None:
+                    self.update_data[key] = ev.data
+                self.update_diff[key] = ev.diff
+            if ev.data is not None and not math.isfinite(ev.data):
+                self._nonfinite(th, "update", ev.layer, ev.param, "data", ev.data, line_no, path)
             if not math.isfinite(ev.diff):
                 self._nonfinite(th, "update", ev.layer, ev.param, "diff", ev.diff, line_no, path)
         elif isinstance(ev, DisplayIteration):
@@ -465,13 +631,16 @@ class RunState:
         phase = th.phase
         if role == "input":  # `[Forward] Input B data: v` (2015-2016): the net's input blobs
             layer, role = "input", "top"
-        key = layer_key(layer, role, blob)
+        lkey = layer_key(layer, role, blob)
         if stage == "forward":
-            self.forward[phase][key] = v
+            values = self.forward[phase]
             kind = "data"
         else:
-            self.backward[key] = v
+            values = self.backward
             kind = "diff"
+        key = lkey if lkey in values else self._admit(lkey, phase if stage == "forward" else "train", values)
+        if key is not None:
+            values[key] = v
         self.debug_lines[phase, stage] += 1
         if phase == "train":
             th.block_lines += 1
@@ -480,7 +649,8 @@ class RunState:
 
     def _nonfinite(self, th: ThreadState, stage: str, layer: str, blob: str, kind: str, v: float,
                    line_no: int, path: str) -> None:
-        self.nonfinite[th.phase, stage, layer, blob] += 1
+        layer, blob = self._name(layer), self._name(blob)
+        self._count_nonfinite((th.phase, stage, layer, blob))
         if th.phase == "test":
             iteration: int | None = th.test_iteration
         elif stage == "update":  # [Update] lines follow the display line they belong to
@@ -493,6 +663,14 @@ class RunState:
             th.pending.append(nv)
         if iteration is not None:
             self._origin(nv)
+
+    def _count_nonfinite(self, key: tuple[str, str, str, str]) -> None:
+        if key in self.nonfinite:
+            self.nonfinite[key] += 1
+        elif key[2] and not self.budget.limits.keeps_layer(key[2]):
+            self._refuse("layer_filter")
+        elif self._room(1):
+            self.nonfinite[key] = 1
 
     def _origin(self, nv: NonfiniteValue) -> None:
         if self.first_nonfinite is None:
@@ -516,7 +694,7 @@ class RunState:
             self.prev_display = (ev.iteration, now)
         if not math.isfinite(ev.loss):
             self.loss_nonfinite += 1
-            self.nonfinite["train", "loss", "", "loss"] += 1
+            self._count_nonfinite(("train", "loss", "", "loss"))
         pending = []
         for nv in th.pending:
             nv = nv._replace(iteration=ev.iteration) if nv.iteration is None else nv
@@ -532,10 +710,10 @@ class RunState:
             obs.observe(block)
 
     def _output(self, th: ThreadState, ev: NetOutput, line_no: int, path: str) -> None:
-        name = ev.name
+        base = name = self._name(ev.name)
         if name in th.outputs_seen:  # a multi-element output prints one line per element
             name = f"{name}#{ev.number}"
-        th.outputs_seen.add(ev.name)
+        th.outputs_seen.add(base)
         if ev.phase == "train":
             self.train_outputs[name] = ev.value
         else:
@@ -543,7 +721,7 @@ class RunState:
                 th.phase = "train"
             self.test_outputs[th.test_net, name] = ev.value
         if not math.isfinite(ev.value):
-            self.nonfinite[ev.phase, "loss", "", name] += 1
+            self._count_nonfinite((ev.phase, "loss", "", name))
 
     # -- derived -----------------------------------------------------------------------------------
 
@@ -637,6 +815,8 @@ class RunState:
                         for t, s in self.threads.items()},
             "clocks": {k: [c.year, c.last_month, c.utc, c.mtime_month] for k, c in self.clocks.items()},
             "dump": self.dump, "prev_display": None if self.prev_display is None else list(self.prev_display),
+            "read_at": self.read_at,
+            "gone_at": self.gone_at,
         }
 
     @classmethod
@@ -676,6 +856,9 @@ class RunState:
         st.dump = d["dump"]
         pd = d["prev_display"]
         st.prev_display = None if pd is None else (int(pd[0]), float(pd[1]))
+        st.read_at = opt(d.get("read_at"))
+        st.gone_at = opt(d.get("gone_at"))
+        st.recount()
         return st
 
 
@@ -705,34 +888,108 @@ def _clock_for(path: str, mtime: float) -> SourceClock:
 
 @dataclass
 class RunRegistry:
-    """All runs of this exporter, keyed by run name; routes each chunk to its run."""
+    """All runs of this exporter, keyed by run name; routes each chunk to its run.
+
+    A path becomes a run only at its first chunk that carries Caffe state (`carries_caffe_state`); until
+    then nothing of it is kept, so a directory of unrelated logs costs no memory. `limits` bound what is
+    stored; `clock` (wall time) stamps `RunState.read_at` for the lifecycle's time-to-live rules."""
 
     identify: Callable[[str], tuple[str, dict[str, str]]]
     make_observers: Callable[[RunState], list[BlockObserver]] = lambda run: []
     runs: dict[str, RunState] = field(default_factory=dict)
     _by_path: dict[str, RunState] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
+    clock: Callable[[], float] = time.time
+    budget: SeriesBudget = field(init=False)
+    expired: Counter[str] = field(default_factory=Counter)  # runs dropped by the lifecycle, by reason
+    # paths of dropped runs: their next chunk must start a file (the tailer re-reads it from offset 0)
+    _dropped: set[str] = field(default_factory=set)
+    _refused: set[str] = field(default_factory=set)  # Caffe paths refused by max_runs (counted once each)
+
+    def __post_init__(self) -> None:
+        self.budget = SeriesBudget(self.limits)
 
     def feed(self, chunk: Chunk) -> int:
         run = self._by_path.get(chunk.path)
         if run is None:
-            run = self._by_path[chunk.path] = self._run_for(chunk.path)
+            run = self._admit(chunk)
+            if run is None:
+                return 0
+        run.read_at = self.clock()
         return run.feed(chunk)
+
+    def _admit(self, chunk: Chunk) -> RunState | None:
+        path = chunk.path
+        if path in self._dropped:
+            if not chunk.file_start:
+                return None  # the rest of a dropped run's file; it comes again from offset 0
+            self._dropped.discard(path)
+        if not carries_caffe_state(chunk.text):
+            return None
+        run = self._run_for(path)
+        if run is None:
+            if path not in self._refused:
+                self._refused.add(path)
+                self.budget.dropped["max_runs"] += 1
+            return None
+        self._refused.discard(path)
+        self._by_path[path] = run
+        return run
 
     def restore(self, run: RunState) -> None:
         """Take back a run from a checkpoint: its sources route to it again."""
+        run.budget = self.budget
+        run.recount()
+        self.budget.total += run.series
         self.runs[run.run] = run
         for src in run.sources:
             self._by_path[src] = run
 
-    def _run_for(self, path: str) -> RunState:
+    def drop(self, name: str, reason: str) -> list[str]:
+        """Forget a run (lifecycle): its series, its routes; returns its paths. A dropped path's next chunk
+        starts a new run only if it is read from the file's start."""
+        run = self.runs.pop(name)
+        self.budget.total -= run.series
+        for src in run.sources:
+            if self._by_path.get(src) is run:
+                del self._by_path[src]
+                self._dropped.add(src)
+        self.expired[reason] += 1
+        return list(run.sources)
+
+    def dropped_paths(self) -> list[str]:
+        """Paths of dropped runs not read from their start since (to carry across a restart)."""
+        return list(self._dropped)
+
+    def mark_dropped(self, paths: Iterable[str]) -> None:
+        """Restore `dropped_paths()` of a previous process: their chunks start no run until one is read from
+        the file's start (the tailer told to forget them again)."""
+        self._dropped.update(p for p in paths if p not in self._by_path)
+
+    def set_limits(self, limits: Limits) -> None:
+        """New limits (a reloaded configuration): they apply to series not stored yet; none is removed."""
+        self.limits = limits
+        self.budget.limits = limits
+
+    def forget_dropped(self, path: str) -> None:
+        """A dropped path that is gone from disk needs no mark any more (keeps the set bounded)."""
+        self._dropped.discard(path)
+        self._refused.discard(path)
+
+    def refused_paths(self) -> list[str]:
+        return list(self._refused)
+
+    def _run_for(self, path: str) -> RunState | None:
         """The run of a new path: files of one directory share a run (glog starts a new file on restart);
         two jobs whose names collide (`/a/exp1/caffe.log`, `/b/exp1/caffe.log`) are told apart by the
-        directories above, else by a `~N` suffix."""
+        directories above, else by a `~N` suffix. None when a new run would exceed limits.max_runs."""
         name, labels = self.identify(path)
         for candidate in _disambiguations(name, path):
             run = self.runs.get(candidate)
             if run is None:
-                run = self.runs[candidate] = RunState(run=candidate, labels=labels)
+                if len(self.runs) >= self.limits.max_runs:
+                    return None
+                run = self.runs[candidate] = RunState(run=candidate, labels=labels, budget=self.budget)
                 run.observers = self.make_observers(run)
                 return run
             if any(posixpath.dirname(src) == posixpath.dirname(path) for src in run.sources) or not run.sources:

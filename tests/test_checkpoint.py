@@ -24,7 +24,8 @@ VOLATILE = ("caffe_exporter_", "process_", "python_", "caffe_last_log_timestamp_
 
 
 def _registry() -> RunRegistry:
-    return RunRegistry(identify=RunNamer(), make_observers=make_observers(DetectorConfig()))
+    # a fixed clock: RunState.read_at (the lifecycle's wall time of the last read) is then equal in both
+    return RunRegistry(identify=RunNamer(), make_observers=make_observers(DetectorConfig()), clock=lambda: 0.0)
 
 
 def test_saved_and_restored_runs_are_equal(tmp_path: Path) -> None:

@@ -140,17 +140,3 @@ def test_layer_info_index_is_zero_padded_forward_order() -> None:
     assert [r[0] for r in rows] == [f"{i:03d}" for i in range(len(rows))]
     assert rows[0][1:] == ("data", "HDF5Data")
     assert ("pool1/3x3_s2_pool1/3x3_s2_0_split", "Split") in {r[1:] for r in rows}
-
-
-def test_series_limit_withholds_per_layer_series_only() -> None:
-    text = (REAL / "lenet_healthy/caffe.log").read_text()
-    runs = RunRegistry(identify=RunNamer())
-    runs.feed(Chunk("real-caffe/lenet_healthy/caffe.log", text, 1, True, 0.0))
-    collector = RunCollector(runs, threading.Lock(), max_series_per_run=5)
-    registry = CollectorRegistry()
-    registry.register(collector)
-    out = generate_latest(registry).decode()
-    per_layer = re.findall(r"^caffe_layer_\w+_abs_mean\{", out, re.M)
-    assert len(per_layer) == 5
-    assert "caffe_loss{" in out and "caffe_net_param_data_l1_norm{" in out
-    assert collector.series_dropped["lenet_healthy"] > 0

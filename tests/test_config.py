@@ -14,6 +14,8 @@ import yaml
 from exporter import config
 from exporter.config import Config, ConfigError, from_mapping, load
 from exporter.identity import SourceRule
+from exporter.lifecycle import LifecycleConfig
+from exporter.state import Limits
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -48,6 +50,9 @@ def test_the_documented_example_loads(tmp_path: Path) -> None:
     assert rule.run_regex is not None and rule.run_regex.pattern == "/shared/jobs/(?P<run>[^/]+)/"
     assert dict(rule.labels) == {"cluster": "gpu-a"}
     assert rule.identify("/shared/jobs/resnet/caffe.log") == ("resnet", {"cluster": "gpu-a"})
+    # the limits and lifecycle shown are the defaults
+    assert cfg.limits == Config().limits == Limits(20000, 1_000_000, 10_000, 256, None, None)
+    assert cfg.runs == Config().runs == LifecycleConfig(300, 3600, 7 * 86400)
 
 
 def test_every_key_set(tmp_path: Path) -> None:
@@ -59,8 +64,14 @@ poll: true
 poll_interval: 0.5
 max_line_bytes: 4096
 read_bytes: 65536
-limits: {max_series_per_run: 10}
+limits: {max_series_per_run: 10, max_series: 100, max_runs: 3, max_name_bytes: 64,
+         layers: {include: "conv.*", exclude: "conv1"}}
+runs: {deleted_grace: 90s, finished_ttl: 0, stale_ttl: 1h30m}
 """))
+    lim = cfg.limits
+    assert (lim.max_series, lim.max_runs, lim.max_name_bytes) == (100, 3, 64)
+    assert [lim.keeps_layer(x) for x in ("conv2", "conv1", "ip1")] == [True, False, False]
+    assert cfg.runs == LifecycleConfig(90, 0, 5400)
     assert cfg.listen == "127.0.0.1:9999"
     assert cfg.sources == (SourceRule("/a"), SourceRule("/b/*.log", None, {"site": "x", "gpus": "8"}))
     assert (cfg.start_at, cfg.poll, cfg.poll_interval) == ("end", True, 0.5)
@@ -99,8 +110,19 @@ BAD: list[tuple[str, str]] = [
     ("read_bytes: 1024", "read_bytes: expected an integer >= 4096"),
     ("read_bytes: true", "read_bytes: expected an integer >= 4096"),
     ("limits: 5", "limits: expected a mapping"),
-    ("limits: {max_series: 5}", "limits: unknown key(s) ['max_series']"),
+    ("limits: {max_serie: 5}", "limits: unknown key(s) ['max_serie']"),
     ("limits: {max_series_per_run: 0}", "limits.max_series_per_run: expected a positive integer"),
+    ("limits: {max_series: -1}", "limits.max_series: expected a positive integer"),
+    ("limits: {max_runs: 1.5}", "limits.max_runs: expected a positive integer"),
+    ("limits: {max_name_bytes: true}", "limits.max_name_bytes: expected a positive integer"),
+    ("limits: {layers: [conv1]}", "limits.layers: expected a mapping with include and/or exclude"),
+    ("limits: {layers: {include: '(conv'}}", "limits.layers.include: invalid regular expression"),
+    ("limits: {layers: {exclude: 5}}", "limits.layers.exclude: expected a regular expression string"),
+    ("limits: {layers: {only: x}}", "limits.layers: unknown key(s) ['only']"),
+    ("runs: 5m", "runs: expected a mapping"),
+    ("runs: {stale_ttl: 7days}", "runs.stale_ttl: expected a duration such as 90s, 5m, 1h30m or 7d"),
+    ("runs: {finished_ttl: 60}", "runs.finished_ttl: expected a duration"),
+    ("runs: {deleted: 5m}", "runs: unknown key(s) ['deleted']"),
     ("detectors: [a]", "detectors: expected a mapping"),
     ("detectors: {no_such_detector: {}}", "detectors.no_such_detector: unknown detector"),
     ("listn: ':1'", "unknown key(s) ['listn']; known keys:"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter import state
-from exporter.state import RunState
+from exporter.state import Limits, RunState, SeriesBudget
 from exporter.tail import Chunk
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -29,14 +30,14 @@ if state._accel is None:  # pragma: no cover - depends on the build
 scan = state._accel.scan
 
 
-def _state(text: str, accelerate: bool, cuts: list[int] | None = None) -> str:
-    run = RunState(run="r", accelerate=accelerate)
+def _state(text: str, accelerate: bool, cuts: list[int] | None = None, limits: Limits | None = None) -> str:
+    run = RunState(run="r", accelerate=accelerate, budget=SeriesBudget(limits or Limits.unlimited()))
     lines = text.splitlines(keepends=True)
     bounds = [0, *sorted(set(cuts or [])), len(lines)]
     for a, b in itertools.pairwise(bounds):
         if a < b:
             run.feed(Chunk("jobs/r/caffe.log", "".join(lines[a:b]), a + 1, a == 0, 0.0))
-    return json.dumps(run.to_dict(), sort_keys=True)
+    return json.dumps([run.to_dict(), run.series, run.budget.total, run.budget.dropped], sort_keys=True)
 
 
 @pytest.mark.parametrize("log", LOGS, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -52,6 +53,43 @@ LENET_NAN = (FIXTURES / "real-caffe/lenet_nan/caffe.log").read_text()
 @given(st.lists(st.integers(min_value=1, max_value=LENET_NAN.count("\n") - 1), max_size=12))
 def test_same_state_under_any_chunking(cuts: list[int]) -> None:
     assert _state(LENET_NAN, accelerate=True, cuts=cuts) == _state(LENET_NAN, accelerate=False)
+
+
+# limits that bite on every fixture: a series cap inside the first Forward block, names cut, a layer filter
+LIMITED = [
+    Limits(max_series_per_run=7),
+    Limits(max_series=11),
+    Limits(max_name_bytes=4),
+    Limits(layer_include=re.compile(r"conv.*|ip.*|loss"), layer_exclude=re.compile(r"ip2")),
+]
+
+
+@pytest.mark.parametrize("limits", LIMITED, ids=["per_run", "all_runs", "names", "layers"])
+@pytest.mark.parametrize("log", LOGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_same_state_with_and_without_the_accelerator_under_limits(log: Path, limits: Limits) -> None:
+    text = log.read_bytes().replace(b"\0", b"").decode("utf-8", "replace")
+    assert _state(text, True, limits=limits) == _state(text, False, limits=limits)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=LENET_NAN.count("\n") - 1), max_size=12),
+       st.sampled_from(LIMITED))
+def test_same_state_under_limits_and_any_chunking(cuts: list[int], limits: Limits) -> None:
+    assert _state(LENET_NAN, True, cuts=cuts, limits=limits) == _state(LENET_NAN, False, limits=limits)
+
+
+def test_without_insert_the_scanner_updates_known_keys_and_stops_at_a_new_one() -> None:
+    known = PREFIX + "[Forward] Layer conv1, top blob conv1 data: 0.25"
+    new = PREFIX + "[Forward] Layer conv2, top blob conv2 data: 0.5"
+    text = known + "\n" + new + "\n"
+    fwd: dict[str, str | float] = {"conv1, top blob conv1": 1.0}
+    assert scan(text, 0, len(text), fwd, {}, {}, {}, False) == (len(known) + 1, 1, 0, 0)
+    assert fwd == {"conv1, top blob conv1": "0.25"}
+    upd = "I1126 14:36:23.951157 29043 net.cpp:644]     [Update] Layer ip_in, param 0 data: 0.03; diff: 4.7e-05\n"
+    udata: dict[str, str | float] = {}
+    udiff: dict[str, str | float] = {"ip_in, param 0": 1.0}  # only one of the two keys known: not stored
+    assert scan(upd, 0, len(upd), {}, {}, udata, udiff, False) == (0, 0, 0, 0)
+    assert udata == {} and udiff == {"ip_in, param 0": 1.0}
 
 
 PREFIX = "I1126 14:26:20.074826 18205 net.cpp:593]     "

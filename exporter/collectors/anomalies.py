@@ -7,7 +7,7 @@ under the exporter's lock, so the values are those of the newest display iterati
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -54,12 +54,13 @@ class AnomalyCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         with self.lock:
-            families = self._families(list(self.registry.runs.values()))
+            families = self.render(list(self.registry.runs.values()))
         yield from families
 
     @staticmethod
-    def _families(runs: list[RunState]) -> list[GaugeMetricFamily | CounterMetricFamily]:
-        """Built from `detect.metric_tuples`, the one definition `diagnose` and the tests compare with."""
+    def render(runs: Iterable[RunState]) -> list[GaugeMetricFamily | CounterMetricFamily]:
+        """Built from `detect.metric_tuples`, the one definition `diagnose` and the tests compare with; the
+        caller holds the lock."""
         families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
             "caffe_anomaly": GaugeMetricFamily("caffe_anomaly", HELP["caffe_anomaly"]),
             "caffe_anomalies_total": CounterMetricFamily("caffe_anomalies", HELP["caffe_anomalies_total"]),

@@ -22,22 +22,28 @@ def _counter(name: str, doc: str) -> CounterMetricFamily:
 
 
 class RunCollector(Collector):
-    """One collector for all runs: the series are derived from `RunState` under the pipeline's lock."""
+    """One collector for all runs: the series are derived from `RunState` under the pipeline's lock.
 
-    def __init__(self, registry: RunRegistry, lock: threading.Lock, max_series_per_run: int = 20000) -> None:
+    Nothing is withheld here: the limits (`limits:` in the configuration) are applied when a value is
+    stored (state.RunState._admit), so what a run holds is what it exports."""
+
+    def __init__(self, registry: RunRegistry, lock: threading.Lock) -> None:
         self._registry = registry
         self._lock = lock
-        self._limit = max_series_per_run
-        self.series_dropped: dict[str, int] = {}  # run -> most per-layer series withheld at once
 
     def describe(self) -> Iterable[Metric]:
         return list(self._families().values())
 
     def collect(self) -> Iterable[Metric]:
-        fams = self._families()
         with self._lock:
-            for run in list(self._registry.runs.values()):
-                self._run(run, fams)
+            return self.render(list(self._registry.runs.values()))
+
+    def render(self, runs: Iterable[RunState]) -> list[Metric]:
+        """The families of `runs`; the caller holds the lock (collectors.scrape renders every family of one
+        scrape under one hold of it)."""
+        fams = self._families()
+        for run in runs:
+            self._run(run, fams)
         return list(fams.values())
 
     @staticmethod
@@ -84,16 +90,9 @@ class RunCollector(Collector):
             sample = name + "_total" if fam.type == "counter" else name
             fam.add_sample(sample, {**base, **labels}, value)
 
-        budget = [self._limit]
-
         def layer(name: str, value: str | float, **labels: str) -> None:
-            if budget[0] <= 0:
-                return
-            budget[0] -= 1
             put(name, float(value), **labels)
 
-        total = sum(len(d) for d in run.forward.values()) + len(run.backward) + 2 * len(run.update_diff)
-        self.series_dropped[run.run] = max(self.series_dropped.get(run.run, 0), total - self._limit)
         for phase in ("train", "test"):
             for lyr, role, blob, v in run.blobs(phase, "forward"):
                 if role == "param":

@@ -3,28 +3,34 @@
 from __future__ import annotations
 
 import platform
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from exporter import __version__
-from exporter.collectors.runs import RunCollector
 from exporter.pipeline import Pipeline
+
+EXPIRY_REASONS = ("deleted", "finished", "stale")  # lifecycle.REASONS (collectors come before the lifecycle)
+DROP_REASONS = ("max_series_per_run", "max_series", "max_runs", "name_too_long", "layer_filter")
 
 
 class ExporterCollector(Collector):
-    def __init__(self, pipeline: Pipeline, runs: RunCollector) -> None:
+    def __init__(self, pipeline: Pipeline) -> None:
         self._pipeline = pipeline
-        self._runs = runs
 
     def describe(self) -> Iterable[Metric]:
         return self.collect()
 
     def collect(self) -> Iterable[Metric]:
+        with self._pipeline.lock:
+            return self.render()
+
+    def render(self) -> list[Metric]:
+        """The families; the caller holds the pipeline's lock."""
         p, t = self._pipeline, self._pipeline.tail_stats
-        with p.lock:
-            parsed, skipped, failed, nruns = p.lines.parsed, p.lines.skipped, p.lines.failed, len(p.registry.runs)
+        parsed, skipped, failed, nruns = p.lines.parsed, p.lines.skipped, p.lines.failed, len(p.registry.runs)
+        budget = p.registry.budget
         info = GaugeMetricFamily("caffe_exporter_build_info", "caffe-exporter version and Python version.",
                                  labels=["version", "python_version"])
         info.add_metric([__version__, platform.python_version()], 1)
@@ -64,6 +70,24 @@ class ExporterCollector(Collector):
                               "now.", t.files_unreadable),
             GaugeMetricFamily("caffe_exporter_last_read_timestamp_seconds", "Wall-clock time of the last read "
                               "that returned data.", t.last_read_time),
-            CounterMetricFamily("caffe_exporter_series_dropped", "Per-layer series withheld because a run "
-                                "hit limits.max_series_per_run.", sum(self._runs.series_dropped.values())),
+            _by_label(CounterMetricFamily(
+                "caffe_exporter_series_dropped",
+                "Values not stored because of limits: (reason max_series_per_run, max_series, layer_filter: "
+                "a new series refused; max_runs: a Caffe log refused as a new run; name_too_long: a name "
+                "cut to limits.max_name_bytes and stored).", labels=["reason"]),
+                DROP_REASONS, budget.dropped),
+            GaugeMetricFamily("caffe_exporter_series", "Series stored by all runs (counted against "
+                              "limits.max_series).", budget.total),
+            _by_label(CounterMetricFamily(
+                "caffe_exporter_runs_expired",
+                "Runs dropped by the lifecycle (runs: in the configuration), by reason: deleted (every log "
+                "file gone for deleted_grace), finished (finished_ttl after the last read of a finished run), "
+                "stale (stale_ttl after the last read).", labels=["reason"]),
+                EXPIRY_REASONS, p.registry.expired),
         ]
+
+
+def _by_label(fam: CounterMetricFamily, reasons: Iterable[str], counts: Mapping[str, int]) -> CounterMetricFamily:
+    for r in reasons:
+        fam.add_metric([r], counts.get(r, 0))
+    return fam
