@@ -1022,7 +1022,11 @@ def _glob(pattern: str) -> list[str]:
         return os.path.join(d, name) if d else name
 
     def subdirs(base: str) -> list[str]:
-        """``base`` and every directory below it, each (st_dev, st_ino) once, hidden ones skipped."""
+        """``base`` and every directory below it, each (st_dev, st_ino) once, hidden ones skipped.
+
+        Real directories are walked first, directory symlinks afterwards and only into directories not
+        seen yet: a loop (``self -> .``) ends, and a file reachable both ways keeps its real path.
+        """
         try:
             st = os.stat(base or ".")
         except OSError:
@@ -1030,7 +1034,20 @@ def _glob(pattern: str) -> list[str]:
         seen = {(st.st_dev, st.st_ino)}
         found = [base]
         stack = [base]
-        while stack:
+        links: list[str] = []
+        while stack or links:
+            if not stack:
+                link = links.pop(0)
+                try:
+                    s = os.stat(link)
+                except OSError:
+                    continue
+                if (s.st_dev, s.st_ino) in seen:
+                    continue
+                seen.add((s.st_dev, s.st_ino))
+                found.append(link)
+                stack.append(link)
+                continue
             d = stack.pop()
             below = []
             for name in listdir(d):
@@ -1041,7 +1058,11 @@ def _glob(pattern: str) -> list[str]:
                     s = os.stat(p)
                 except OSError:
                     continue
-                if stat.S_ISDIR(s.st_mode) and (s.st_dev, s.st_ino) not in seen:
+                if not stat.S_ISDIR(s.st_mode):
+                    continue
+                if os.path.islink(p):
+                    links.append(p)
+                elif (s.st_dev, s.st_ino) not in seen:
                     seen.add((s.st_dev, s.st_ino))
                     below.append(p)
             found += below
@@ -1060,6 +1081,8 @@ def _glob(pattern: str) -> list[str]:
                 if last:  # a trailing ** matches files too
                     if d != base:
                         out.append(d)
+                    elif base:
+                        out.append(os.path.join(base, ""))
                     out.extend(join(d, n) for n in listdir(d) if not n.startswith(".")
                                and not os.path.isdir(join(d, n)))
                 else:
