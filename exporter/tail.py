@@ -422,6 +422,7 @@ class Tailer:
         self._errors: dict[str, str] = {}  # path -> key of the failure episode already counted
         self._vanished: set[str] = set()  # paths whose file was closed because it went away
         self._polled = False
+        self._rebound: set[str] = set()  # saved positions moved to another path by _rebind
         self._lock = threading.Lock()  # guards the requests and the tracked set, shared with other threads
         self._requests: list[tuple[str, object]] = []
         self._tracked: set[str] = set(self._saved) | set(self._forgotten)
@@ -815,7 +816,9 @@ class Tailer:
         if saved is not None and self._resumable(f.fd, st.st_size, saved):
             f.pos = f.consumed = saved.offset
             f.line, f.fresh = saved.line, saved.offset == 0
-            return f.pos > 0 and (saved.path, saved.dev, saved.ino) != (f.path, *f.ident)
+            moved = f.path in self._rebound or (saved.dev, saved.ino) != f.ident
+            self._rebound.discard(f.path)
+            return f.pos > 0 and moved
         if first and self._start_at_end:
             f.pos, f.line = _last_line_end(f.fd, st.st_size)
             f.consumed = f.pos
@@ -869,6 +872,7 @@ class Tailer:
             target = next((q for q in free if self._matches(q, pos)), None)
             if target is not None:
                 new[target] = dataclasses.replace(pos, path=target)
+                self._rebound.add(target)
             elif p not in new:
                 new[p] = pos
         self._saved = new
