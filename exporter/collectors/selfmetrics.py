@@ -31,12 +31,15 @@ class ExporterCollector(Collector):
         lines = CounterMetricFamily(
             "caffe_exporter_lines",
             "Lines read, by outcome: parsed (a known Caffe line), skipped (anything else), oversized (over "
-            "max_line_bytes, dropped), failed (processing raised: a bug, see the exporter's log).",
+            "max_line_bytes, dropped), partial (an unterminated last line dropped when its file was rotated "
+            "away, deleted or truncated, or stdin ended), failed (processing raised: a bug, see the "
+            "exporter's log).",
             labels=["outcome"],
         )
         lines.add_metric(["parsed"], parsed)
         lines.add_metric(["skipped"], skipped)
         lines.add_metric(["oversized"], t.lines_oversized)
+        lines.add_metric(["partial"], t.lines_partial)
         lines.add_metric(["failed"], failed)
         return [
             info,

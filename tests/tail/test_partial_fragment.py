@@ -71,3 +71,22 @@ def test_a_completed_fragment_is_not_counted(tmp_path: Path) -> None:
     log.unlink()
     poll_all(tailer)
     assert stats.lines_partial == 0
+
+
+def test_counted_as_lines_total_outcome_partial() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from exporter.collectors.runs import RunCollector
+    from exporter.collectors.selfmetrics import ExporterCollector
+    from exporter.identity import identify_default
+    from exporter.pipeline import Pipeline
+    from exporter.state import RunRegistry
+
+    pipeline = Pipeline(RunRegistry(identify=identify_default))
+    for chunk in read_stream(io.BytesIO(b"".join(BEFORE) + CUT), stats=pipeline.tail_stats):
+        pipeline.on_chunk(chunk)
+    registry = CollectorRegistry()
+    registry.register(ExporterCollector(pipeline, RunCollector(pipeline.registry, pipeline.lock)))
+    exposition = generate_latest(registry).decode()
+    assert 'caffe_exporter_lines_total{outcome="partial"} 1.0' in exposition
+    assert "partial (an unterminated last line dropped" in exposition
