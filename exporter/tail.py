@@ -575,7 +575,8 @@ class Tailer:
             if f is not None:
                 yield from self._service(f, candidates, ident)
         for path in list(self._forgotten):
-            yield from self._check_forgotten(path)
+            if path in self._forgotten:
+                yield from self._check_forgotten(path, candidates, ident)
         for cand in candidates:
             if cand.path not in self._files and cand.path not in self._forgotten:
                 yield from self._open(cand, first)
@@ -851,14 +852,15 @@ class Tailer:
             os.close(fd)
 
     def _rebind(self, candidates: list[_Candidate]) -> None:
-        """First poll: a saved position whose path now holds other content goes to the discovered file
+        """First poll: a restored position whose path now holds other content goes to the discovered file
         that holds its content (the log was rotated while the exporter was down), preferring the file
-        with the saved identity."""
-        matched = {p: pos for p, pos in self._saved.items() if self._matches(p, pos)}
-        unmatched = {p: pos for p, pos in self._saved.items() if p not in matched}
-        if not unmatched:
+        with the saved identity. Forgotten positions move the same way, so a dropped run's log stays
+        dropped under its rotated name."""
+        tables = (self._saved, self._forgotten)
+        unmatched = [{p: pos for p, pos in t.items() if not self._matches(p, pos)} for t in tables]
+        if not any(unmatched):
             return
-        new = dict(matched)
+        claimed = {p for t, u in zip(tables, unmatched, strict=True) for p in t if p not in u}
         idents: dict[str, FileId | None] = {}
         for c in candidates:
             try:
@@ -866,38 +868,48 @@ class Tailer:
                 idents[c.path] = (st.st_dev, st.st_ino)
             except OSError:
                 idents[c.path] = None
-        for p, pos in unmatched.items():
-            free = [c.path for c in candidates if c.path not in new and idents[c.path] is not None]
-            free.sort(key=lambda q: idents[q] != (pos.dev, pos.ino))
-            target = next((q for q in free if self._matches(q, pos)), None)
-            if target is not None:
-                new[target] = dataclasses.replace(pos, path=target)
-                self._rebound.add(target)
-            elif p not in new:
-                new[p] = pos
-        self._saved = new
-        with self._lock:
-            self._tracked.update(new)
-        for p in unmatched:
+        moves: list[tuple[dict[str, FilePosition], str, str]] = []
+        for t, u in zip(tables, unmatched, strict=True):
+            for p, pos in u.items():
+                free = [c.path for c in candidates if c.path not in claimed and idents[c.path] is not None]
+                free.sort(key=lambda q: idents[q] != (pos.dev, pos.ino))
+                target = next((q for q in free if self._matches(q, pos)), None)
+                if target is not None:
+                    claimed.add(target)
+                    moves.append((t, p, target))
+        if not moves:
+            return
+        moved = [(t, p, target, t[p]) for t, p, target in moves]
+        for t, p, _, _ in moved:
+            del t[p]
+        for t, _, target, pos in moved:
+            t[target] = dataclasses.replace(pos, path=target)
+            self._rebound.add(target)
+            self._track(target)
+        for _, p, _, _ in moved:
             self._untrack(p)
 
     # lifecycle --------------------------------------------------------------------------------
 
     def _forget(self, path: str) -> Iterator[Chunk]:
+        for d in [d for d in self._draining if d.path == path]:  # the rotated file of that log too
+            self._draining.remove(d)
+            self._finish(d)
+        if path in self._forgotten:
+            return
         f = self._files.pop(path, None)
-        pos: FilePosition | None
+        pos: FilePosition | None = None
         if f is not None:
-            f.discard()
+            f.partial.clear()  # not a partial line lost: the file is read from 0 if it grows
             self._ids.pop(f.ident, None)
             self.stats.files_watched -= 1
             reported = f.end_at(f.pos, f.line)
             self._close_fd(f)
-            pos = None if reported is None else dataclasses.replace(reported, forgotten=True)
-        else:
-            saved = self._saved.pop(path, None) or self._forgotten.get(path)
-            pos = None if saved is None else dataclasses.replace(saved, forgotten=True)
-            if pos is None:
-                pos = _position_now(path)
+            if reported is not None:
+                pos = dataclasses.replace(reported, forgotten=True)
+        else:  # not opened yet: dormant where it ends now
+            self._saved.pop(path, None)
+            pos = _position_now(path)
         if pos is None:  # nothing at the path: nothing to keep from being read
             self._untrack(path)
             return
@@ -905,23 +917,37 @@ class Tailer:
         self._track(path)
         yield Chunk(path, "", pos.line + 1, False, 0.0, pos)
 
-    def _check_forgotten(self, path: str) -> Iterator[Chunk]:
-        """A forgotten file stays dormant until it grows or is replaced; then it is read as a new file."""
+    def _check_forgotten(self, path: str, candidates: list[_Candidate],
+                         ident: Callable[[str], FileId | None]) -> Iterator[Chunk]:
+        """A forgotten file stays dormant until it grows or is replaced; then it is read as a new file.
+        Renamed to another matched name (``caffe.log.1``), it stays dormant there."""
         pos = self._forgotten[path]
+        if path in self._rebound:  # moved by _rebind: the consumer learns the new path
+            self._rebound.discard(path)
+            yield Chunk(path, "", pos.line + 1, False, 0.0, pos)
         try:
             st = os.stat(path)
+            now: FileId | None = (st.st_dev, st.st_ino)
         except OSError:
-            del self._forgotten[path]  # gone: a file appearing there later is a new one anyway
-            self._untrack(path)
-            return
-        if st.st_size == pos.offset:
-            if (st.st_dev, st.st_ino) == (pos.dev, pos.ino):
+            now = None
+        if now is not None and st.st_size == pos.offset:
+            if now == (pos.dev, pos.ino):
                 return
             if self._matches(path, pos):  # the same content under a new identity (restart, remount)
                 self._forgotten[path] = dataclasses.replace(pos, dev=st.st_dev, ino=st.st_ino)
                 return
         del self._forgotten[path]
-        yield from self._open(_Candidate(path, True), False)
+        if now != (pos.dev, pos.ino):
+            moved = next((c.path for c in candidates if c.path not in self._files and c.path not in self._forgotten
+                          and ident(c.path) == (pos.dev, pos.ino)), None)
+            if moved is not None:
+                new = dataclasses.replace(pos, path=moved)
+                self._forgotten[moved] = new
+                self._track(moved)
+                yield Chunk(moved, "", new.line + 1, False, 0.0, new)
+                yield from self._check_forgotten(moved, candidates, ident)
+        if now is not None:
+            yield from self._open(_Candidate(path, True), False)
         self._untrack(path)
 
     def _drop_uncovered(self, covered: set[str]) -> None:

@@ -130,3 +130,56 @@ def test_set_sources_adds_and_removes(tmp_path: Path) -> None:
     chunks = poll(tailer)
     assert by_path(chunks) == {str(a): decoded([*caffe_lines(5), x, y])}
     assert chunks[0].file_start
+
+
+def test_forgotten_file_rotated_to_a_matched_name_stays_dormant(tmp_path: Path) -> None:
+    log, rotated = tmp_path / "caffe.log", tmp_path / "caffe.log.1"
+    log.write_bytes(b"".join(caffe_lines(20)))
+    tailer = Tailer([str(tmp_path / "caffe.log*")])
+    poll(tailer)
+    tailer.forget(str(log))
+    poll(tailer)
+    rotated_ino = log.stat().st_ino
+    log.rename(rotated)
+    log.write_bytes(b"".join(caffe_lines(4, start=20)))
+    chunks = poll_all(tailer)
+    assert by_path(chunks) == {str(log): decoded(caffe_lines(4, start=20)), str(rotated): ""}
+    moved = [c.end for c in chunks if c.path == str(rotated)]
+    assert moved[0] is not None and moved[0].forgotten and moved[0].ino == rotated_ino
+    assert tailer.tracked_paths() == {str(log), str(rotated)}
+    assert tailer.positions()[str(rotated)].forgotten
+
+
+def test_forgotten_file_rotated_while_down_stays_dormant(tmp_path: Path) -> None:
+    log, rotated = tmp_path / "caffe.log", tmp_path / "caffe.log.1"
+    log.write_bytes(b"".join(caffe_lines(20)))
+    source = str(tmp_path / "caffe.log*")
+    tailer = Tailer([source])
+    poll(tailer)
+    tailer.forget(str(log))
+    poll(tailer)
+    saved = tailer.positions()
+    tailer.close()
+    log.rename(rotated)
+    log.write_bytes(b"".join(caffe_lines(4, start=20)))
+
+    restarted = Tailer([source], positions=saved)
+    chunks = poll_all(restarted)
+    assert by_path(chunks) == {str(log): decoded(caffe_lines(4, start=20)), str(rotated): ""}
+    assert restarted.positions()[str(rotated)].forgotten
+
+
+def test_forget_a_restored_path_before_it_is_opened_uses_its_current_end(tmp_path: Path) -> None:
+    log = tmp_path / "caffe.log"
+    log.write_bytes(b"".join(caffe_lines(10)))
+    tailer = Tailer([str(log)])
+    poll(tailer)
+    saved = tailer.positions()
+    tailer.close()
+    append(log, b"".join(caffe_lines(5, start=10)))  # grew while down
+    restarted = Tailer([str(log)], positions=saved)
+    restarted.forget(str(log))
+    chunks = poll_all(restarted)
+    assert [c.text for c in chunks] == [""]
+    assert chunks[0].end is not None and chunks[0].end.offset == log.stat().st_size
+    assert poll_all(restarted) == []
