@@ -566,7 +566,7 @@ class Tailer:
                     stats_cache[path] = None
             return stats_cache[path]
 
-        if first and self._saved:
+        if first and (self._saved or self._forgotten):
             self._rebind(candidates)
         for d in list(self._draining):
             yield from self._service_draining(d)
