@@ -11,10 +11,9 @@ Positions. Every chunk of a regular file carries ``end``, the :class:`FilePositi
 line, so the stage that applies chunks can commit exactly what it applied (a checkpoint of how far the
 tailer *read* can be ahead of what was applied). Bytes consumed without a line emitted (an oversized line
 dropped, history skipped by ``start_at_end``, a file that moved to another matched name, a forgotten
-file) produce a chunk with ``text == ""`` that only moves ``end``. Exceptions, where ``end`` is None: a
-stream; a file being drained after it was renamed away (its path names another file, or none, and
-nothing will resume it); and, inside one read split by dropped oversized lines, the chunks before the
-last one when NUL bytes were removed (raw offsets are unknown there; the read's last chunk is exact).
+file) produce a chunk with ``text == ""`` that only moves ``end``. ``end`` is None only for a stream and
+for a file being drained after it was renamed away (its path names another file, or none, and nothing
+will resume it).
 
 Files are identified by (st_dev, st_ino): a path naming a file already tailed under another path is
 skipped. When a rotated file still matches a source under its new name (``app.log`` -> ``app.log.1``
@@ -273,15 +272,27 @@ class _Lines:
         if self.partial:
             body = bytes(self.partial) + body
             self.partial.clear()
-        exact = len(body) == base + k + 1 - body_off  # no NUL removed: body offsets map to raw offsets
         self.consumed = base + k + 1
         self.pending = 0
-        out = self._emit(body, body_off if exact else None)
+        if len(body) == self.consumed - body_off:  # no NUL removed: body offsets are raw offsets
+            out = self._emit(body, lambda i, c: body_off + i)
+        else:  # body's newlines are raw's newlines after ``start`` (the partial line holds none)
+            cursor = [start, 0]
+
+            def after_newline(i: int, c: int) -> int:
+                while cursor[1] < c:
+                    cursor[0] = raw.find(b"\n", cursor[0]) + 1
+                    cursor[1] += 1
+                return base + cursor[0]
+
+            out = self._emit(body, after_newline)
         if k + 1 < len(raw):
             self._grow_partial(raw[k + 1 :])
         return out
 
-    def _emit(self, body: bytes, body_off: int | None) -> list[Chunk]:
+    def _emit(self, body: bytes, raw_offset: Callable[[int, int], int]) -> list[Chunk]:
+        """Chunks of ``body``; ``raw_offset(i, c)`` is the raw offset of ``body[i]``, which follows the
+        ``c``-th newline of ``body``, for the ends of chunks split by dropped oversized lines."""
         if not body:  # only an oversized line ended
             return self.empty()
         first = self.line + 1
@@ -299,11 +310,10 @@ class _Lines:
         for i, (a, b) in enumerate(ranges):
             if i == len(ranges) - 1:
                 e = end
-            elif body_off is None:
-                e = None
             else:  # up to the next kept line: the dropped lines between are consumed too
                 nxt = ranges[i + 1][0]
-                e = self.end_at(body_off + nxt, first - 1 + body.count(b"\n", 0, nxt))
+                c = body.count(b"\n", 0, nxt)
+                e = self.end_at(raw_offset(nxt, c), first - 1 + c)
             out.append(self._chunk(body[a:b], first + body.count(b"\n", 0, a), e))
         return out
 
