@@ -10,7 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from exporter.tail import Chunk, FilePosition, Tailer, TailStats
@@ -199,3 +199,81 @@ def test_restart_from_any_chunk_end_yields_exactly_the_rest(
             rest = list(Tailer([path], max_line_bytes=max_line, read_bytes=read_bytes,
                                positions={path: saved}).poll())
             assert numbered(chunks[: k + 1]) + numbered(rest) == whole, k
+
+
+# whole lines more often than random bytes do: several chunks from one read need a dropped line between two
+_lines = st.lists(st.sampled_from([b"ab\n", b"c\n", b"L" * 30 + b"\n", b"\0", b"xy", b"\xe2\x82"]),
+                  max_size=12).map(b"".join)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    ops=st.lists(st.one_of(
+        st.tuples(st.just("write"), st.integers(0, 3), _lines),
+        st.tuples(st.just("poll"), st.just(0), st.just(b"")),
+        st.tuples(st.just("idle"), st.just(0), st.just(b"")),
+        st.tuples(st.just("crash"), st.integers(0, 2), st.just(b"")),
+    ), max_size=25),
+    sizes=st.tuples(st.integers(1, 24), st.integers(1, 64)),
+)
+@example(ops=[("write", 0, b"a\n" + b"L" * 30 + b"\nb\n"), ("crash", 1, b"")], sizes=(5, 64))  # one read, 2 chunks
+def test_a_consumer_committing_ends_loses_and_doubles_nothing_across_crashes(
+    ops: list[tuple[str, int, bytes]], sizes: tuple[int, int]
+) -> None:
+    """The lead's model: apply a chunk, then commit its end; a crash after any chunk (mid-poll too), with
+    few descriptors and idle closing, restarts from the committed ends only."""
+    max_line, read_bytes = sizes
+    mono = [0.0]
+    with tempfile.TemporaryDirectory() as d:
+        paths = [os.path.join(d, f"job{i}", "caffe.log") for i in range(4)]
+        for p in paths:
+            os.mkdir(os.path.dirname(p))
+            open(p, "wb").close()
+        written = {p: b"" for p in paths}
+
+        def start(committed: dict[str, FilePosition]) -> Tailer:
+            return Tailer([os.path.join(d, "*", "caffe.log")], max_line_bytes=max_line, read_bytes=read_bytes,
+                          positions=committed, max_open_files=2, idle_close=1.0, monotonic=lambda: mono[0])
+
+        committed: dict[str, FilePosition] = {}
+        applied: dict[str, list[tuple[int, str]]] = {p: [] for p in paths}
+
+        def apply(c: Chunk) -> None:
+            applied[c.path] += numbered([c])
+            if c.end is not None:
+                committed[c.path] = FilePosition.from_dict(c.end.to_dict())
+
+        tailer = start(committed)
+        for op, n, data in ops:
+            if op == "write":
+                with open(paths[n], "ab") as fh:
+                    fh.write(data)
+                written[paths[n]] += data
+            elif op == "poll":
+                for c in tailer.poll():
+                    apply(c)
+            elif op == "idle":
+                mono[0] += 1.0
+            else:  # killed after applying n chunks of a poll
+                it = tailer.poll()
+                for c in it:
+                    if n == 0:
+                        break
+                    apply(c)
+                    n -= 1
+                tracked = tailer.tracked_paths()
+                committed = {p: pos for p, pos in committed.items() if p in tracked}
+                tailer.close()
+                tailer = start(committed)
+        for c in tailer.poll():
+            apply(c)
+        tailer.close()
+    for p in paths:
+        expected = [(n, t.rstrip("\n")) for n, t in _reference(written[p], max_line)]
+        assert applied[p] == expected, p
+
+
+def _reference(data: bytes, max_line: int) -> list[tuple[int, str]]:
+    *complete, _ = data.split(b"\n")
+    return [(n, raw.replace(b"\0", b"").decode("utf-8", "replace"))
+            for n, raw in enumerate(complete, start=1) if len(raw.replace(b"\0", b"")) <= max_line]
