@@ -127,13 +127,13 @@ def serve(cfg: config.Config, stop: threading.Event) -> int:
         ready.set()
     threads: list[threading.Thread] = list(readers)
     if cfg.checkpoint_file:
-        saver = _checkpointer(cfg, pipeline)
+        saver = _checkpointer(cfg, pipeline, tailer)
         threads.append(threading.Thread(target=_save_periodically, args=(saver, pipeline, stop), name="checkpoint",
                                         daemon=True))
     def forget(paths: Sequence[str]) -> None:
         """A dropped run's files are read again from their start once they grow (a fresh run)."""
-        for path in paths:
-            if tailer is not None and hasattr(tailer, "forget"):  # Tailer.forget(path)
+        if tailer is not None:
+            for path in paths:
                 tailer.forget(path)
 
     lifecycle = Lifecycle(cfg.runs, pipeline.registry, clock=time.time, exists=os.path.lexists, on_drop=forget)
@@ -193,8 +193,12 @@ def _save_periodically(saver: checkpoint.Checkpointer, pipeline: Pipeline, stop:
                 saved_generation = pipeline.generation
 
 
-def _checkpointer(cfg: config.Config, pipeline: Pipeline) -> checkpoint.Checkpointer:
+def _checkpointer(cfg: config.Config, pipeline: Pipeline, tailer: Tailer | None) -> checkpoint.Checkpointer:
     def state() -> dict[str, Any] | None:  # the caller holds pipeline.lock
+        if tailer is not None:  # files the tailer has finished with (deleted, drained) leave the checkpoint
+            tracked = tailer.tracked_paths()
+            for path in [p for p in pipeline.applied if p not in tracked]:
+                del pipeline.applied[path]
         return checkpoint.snapshot(pipeline.registry, pipeline.applied, pipeline.counters())
 
     def failed(e: BaseException) -> None:

@@ -7,6 +7,8 @@ The default name is stable across restarts and readable in Grafana:
   the common one-directory-per-job layout (`/jobs/resnet50-lr0.1/caffe.log` -> `resnet50-lr0.1`);
 * any other file is named after its file name without `.log`/`.txt`.
 Directories called `log`, `logs`, `glog`, `output` are skipped when naming, in favour of their parent.
+Rotated siblings belong to their log's run: `caffe.log.1`, `caffe.log-20261126`, `caffe.log.2.gz` are named
+as `caffe.log` (a rotation suffix is stripped only after a `.log`/`.txt` name, so `lr0.1` stays).
 """
 
 from __future__ import annotations
@@ -27,6 +29,15 @@ GENERIC_DIRS = frozenset({"log", "logs", "glog", "output", "outputs", ""})
 RESERVED_LABELS = frozenset({"run", "phase", "stage", "layer", "blob", "param", "net", "output", "type",
                              "index", "source", "value", "job", "instance", "le", "quantile"})
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_COMPRESSED = re.compile(r"\.(?:gz|bz2|xz|zst|lz4|zip)$", re.IGNORECASE)
+_ROTATED = re.compile(r"(?P<base>.+\.(?:log|txt))(?:\.\d+|[-.]\d{8})", re.IGNORECASE)
+
+
+def unrotated_name(name: str) -> str:
+    """``name`` without the suffixes logrotate adds (``.N``, ``-YYYYMMDD``, ``.YYYYMMDD``, compression)."""
+    name = _COMPRESSED.sub("", name)
+    m = _ROTATED.fullmatch(name)
+    return m.group("base") if m else name
 
 
 def _dir_name(path: str) -> str:
@@ -39,10 +50,10 @@ def _dir_name(path: str) -> str:
 def default_run_name(path: str) -> str:
     if path == "-":
         return "stdin"
-    name = os.path.basename(path)
+    name = _COMPRESSED.sub("", os.path.basename(path))
     if GLOG_FILE.fullmatch(name):
         return _dir_name(path)
-    stem = re.sub(r"\.(log|txt)$", "", name)
+    stem = re.sub(r"\.(log|txt)$", "", unrotated_name(name))
     if stem.lower() in GENERIC_STEMS:
         return _dir_name(path)
     return stem

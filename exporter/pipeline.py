@@ -41,6 +41,12 @@ class Pipeline:
     generation: int = 0  # chunks applied so far: a checkpoint is due only when it moved
 
     def on_chunk(self, chunk: Chunk) -> None:
+        if not chunk.text:  # only moves the position (a dropped oversized line, a skip, a forget)
+            if chunk.end is not None:
+                with self.lock:
+                    self.applied[chunk.path] = chunk.end
+                    self.generation += 1
+            return
         total = chunk.text.count("\n")
         with self.lock:
             try:

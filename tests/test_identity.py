@@ -27,6 +27,19 @@ from exporter.identity import RunNamer, SourceRule, check_label_name, default_ru
     ("/var/log/caffe/squeezenet.txt", "squeezenet"),
     ("/tmp/VGG_VOC0712_SSD_300x300.log", "VGG_VOC0712_SSD_300x300"),
     ("/tmp/run.2026-11-26.out", "run.2026-11-26.out"),
+    # rotated siblings belong to their log's run
+    ("/jobs/x/caffe.log.1", "x"),
+    ("/jobs/x/caffe.log.12", "x"),
+    ("/jobs/x/caffe.log-20261126", "x"),
+    ("/jobs/x/caffe.log.20261126", "x"),
+    ("/jobs/x/caffe.log.2.gz", "x"),
+    ("/jobs/x/caffe.log-20261126.zst", "x"),
+    ("/jobs/x/caffe.log.gz", "x"),
+    ("/var/log/caffe/alexnet_fp16.log.1", "alexnet_fp16"),
+    ("/var/log/caffe/squeezenet.txt.3.bz2", "squeezenet"),
+    ("/jobs/resnet50/glog/caffe.vm.root.log.INFO.20261126-143014.22388.gz", "resnet50"),
+    ("/tmp/lr0.1", "lr0.1"),  # not a .log name: no rotation suffix to strip
+    ("/tmp/exp.20261126", "exp.20261126"),
     # standard input
     ("-", "stdin"),
 ])

@@ -37,12 +37,15 @@ class ExporterCollector(Collector):
         lines = CounterMetricFamily(
             "caffe_exporter_lines",
             "Lines read, by outcome: parsed (a known Caffe line), skipped (anything else), oversized (over "
-            "max_line_bytes, dropped), failed (processing raised: a bug, see the exporter's log).",
+            "max_line_bytes, dropped), partial (an unterminated last line dropped when its file was rotated "
+            "away, deleted or truncated, or stdin ended), failed (processing raised: a bug, see the "
+            "exporter's log).",
             labels=["outcome"],
         )
         lines.add_metric(["parsed"], parsed)
         lines.add_metric(["skipped"], skipped)
         lines.add_metric(["oversized"], t.lines_oversized)
+        lines.add_metric(["partial"], t.lines_partial)
         lines.add_metric(["failed"], failed)
         errors = CounterMetricFamily(
             "caffe_exporter_errors",
@@ -57,8 +60,10 @@ class ExporterCollector(Collector):
             lines,
             errors,
             CounterMetricFamily("caffe_exporter_bytes_read", "Bytes read from all sources.", t.bytes_read),
-            GaugeMetricFamily("caffe_exporter_files_watched", "Files currently open for tailing.",
-                              t.files_watched),
+            GaugeMetricFamily("caffe_exporter_files_watched", "Files being followed (open, or closed while idle "
+                              "and reopened when they grow), plus standard input while it is open.", t.files_watched),
+            GaugeMetricFamily("caffe_exporter_files_open", "File descriptors held for log files (bounded: idle "
+                              "files are closed, their offsets kept).", t.files_open),
             GaugeMetricFamily("caffe_exporter_runs", "Runs currently exported.", nruns),
             CounterMetricFamily("caffe_exporter_file_rotations", "A watched path named another file "
                                 "(rename rotation, new glog file).", t.rotations),

@@ -34,13 +34,23 @@ def decoded(lines: Iterable[bytes]) -> str:
     return b"".join(lines).decode("utf-8", "replace")
 
 
-def poll(tailer: Tailer) -> list[Chunk]:
-    """One poll; checks the chunk invariants every consumer relies on."""
+def poll_all(tailer: Tailer) -> list[Chunk]:
+    """One poll, chunks without text included; checks the chunk invariants every consumer relies on."""
     chunks = list(tailer.poll())
     for c in chunks:
-        assert c.text.endswith("\n"), c
         assert c.first_line >= 1
+        if c.text:
+            assert c.text.endswith("\n"), c
+        else:  # only moves the committed position
+            assert c.end is not None and not c.file_start, c
+        if c.end is not None:
+            assert c.end.path == c.path and c.end.line + 1 >= c.first_line + c.text.count("\n"), c
     return chunks
+
+
+def poll(tailer: Tailer) -> list[Chunk]:
+    """One poll: the chunks with lines (see poll_all)."""
+    return [c for c in poll_all(tailer) if c.text]
 
 
 def by_path(chunks: Iterable[Chunk]) -> dict[str, str]:

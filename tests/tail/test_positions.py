@@ -17,13 +17,17 @@ from . import append, caffe_lines, decoded, long_caffe_lines, poll, text
 
 def test_round_trip_over_every_field() -> None:
     pos = FilePosition(path="/logs/caffe.log", dev=64769, ino=1234567, offset=98765, line=4321,
-                       head="ab" * 20, head_len=1024)  # fmt: skip
+                       head="ab" * 20, head_len=1024, forgotten=True)  # fmt: skip
     d = pos.to_dict()
     assert set(d) == {f.name for f in dataclasses.fields(FilePosition)}
     assert FilePosition.from_dict(json.loads(json.dumps(d))) == pos
     for field in dataclasses.fields(FilePosition):  # every field survives on its own
         value = getattr(pos, field.name)
-        changed = dataclasses.replace(pos, **{field.name: value + (1 if isinstance(value, int) else "x")})
+        if isinstance(value, bool):
+            new: object = not value
+        else:
+            new = value + (1 if isinstance(value, int) else "x")
+        changed = dataclasses.replace(pos, **{field.name: new})
         assert FilePosition.from_dict(changed.to_dict()) == changed
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from exporter.tail import Tailer, TailStats
 
-from . import append, by_path, caffe_lines, decoded, long_caffe_lines, poll, text
+from . import Clock, append, by_path, caffe_lines, decoded, long_caffe_lines, poll, text
 
 
 def test_old_file_is_drained_before_the_new_one_is_read(tmp_path: Path) -> None:
@@ -35,19 +35,28 @@ def test_old_file_is_drained_before_the_new_one_is_read(tmp_path: Path) -> None:
     assert tailer.positions()[str(log)].ino == log.stat().st_ino
 
 
-def test_unterminated_last_line_of_rotated_file_is_emitted(tmp_path: Path) -> None:
+def test_unterminated_last_line_of_rotated_file_is_dropped_once_it_stays_idle(tmp_path: Path) -> None:
     log = tmp_path / "caffe.log"
     a, b, c = long_caffe_lines(3)
     log.write_bytes(a + b[:-10])
-    tailer = Tailer([str(log)])
+    stats, mono = TailStats(), Clock(0.0)
+    tailer = Tailer([str(log)], stats=stats, monotonic=mono, rotate_wait=5.0)
     assert text(poll(tailer)) == decoded([a])
     os.rename(log, tmp_path / "caffe.log.1")
     log.write_bytes(c)
 
     chunks = poll(tailer)
+    assert text(chunks) == decoded([c])  # the fragment waits: the writer may still finish it
+    assert chunks[0].file_start
+    assert stats.files_open == 2 and stats.files_watched == 1
 
-    assert text(chunks) == b[:-10].decode() + "\n" + c.decode()
-    assert chunks[0].first_line == 2
+    mono.now = 4.9
+    assert poll(tailer) == []
+    assert stats.files_open == 2 and stats.lines_partial == 0
+    mono.now = 5.0
+    assert poll(tailer) == []
+    assert stats.files_open == 1
+    assert stats.lines_partial == 1  # dropped, never parsed as a line
 
 
 def test_rotated_name_matching_the_glob_is_not_read_again(tmp_path: Path) -> None:

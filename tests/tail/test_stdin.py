@@ -1,4 +1,4 @@
-"""read_stream on a pipe: lines are yielded as they arrive, not at EOF; a last unterminated line is kept."""
+"""read_stream on a pipe: lines are yielded as they arrive, not at EOF; a last unterminated line is dropped."""
 
 from __future__ import annotations
 
@@ -42,12 +42,13 @@ def test_slow_writer_lines_arrive_before_eof(buffering: int) -> None:
     thread.join(WAIT)
     assert not thread.is_alive()
     assert waited == [True]
-    assert "".join(c.text for c in chunks) == decoded(first + second)
-    assert all(c.path == "-" and c.mtime == 0.0 and c.text.endswith("\n") for c in chunks)
+    assert "".join(c.text for c in chunks) == decoded(first + second[:1])
+    assert all(c.path == "-" and c.mtime == 0.0 and c.text.endswith("\n") and c.end is None for c in chunks)
     assert chunks[0].file_start and chunks[0].first_line == 1
     assert not any(c.file_start for c in chunks[1:])
-    assert chunks[-1].first_line == len(first) + 2
+    assert chunks[-1].first_line == len(first) + 1
     assert stats.bytes_read == len(b"".join(first + second)) - 1
+    assert stats.lines_partial == 1
     assert stats.files_watched == 0
 
 
@@ -55,6 +56,7 @@ def test_stream_oversized_and_nul() -> None:
     data = b"a\0b\n" + b"x" * 50 + b"\nlast"
     stats = TailStats()
     chunks = list(read_stream(io.BytesIO(data), path="pipe", max_line_bytes=10, stats=stats))
-    assert "".join(c.text for c in chunks) == "ab\nlast\n"
-    assert [c.first_line for c in chunks] == [1, 3]
+    assert "".join(c.text for c in chunks) == "ab\n"
+    assert [c.first_line for c in chunks] == [1]
     assert stats.lines_oversized == 1
+    assert stats.lines_partial == 1  # "last" never got its newline
