@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
@@ -23,7 +24,7 @@ from prometheus_client.registry import Collector
 
 from exporter import __version__, checkpoint, config
 from exporter.collectors.scrape import ScrapeCollector
-from exporter.detect import make_observers
+from exporter.detect import analysis_of, make_observers
 from exporter.errors import StageErrors
 from exporter.identity import RunNamer, SourceRule
 from exporter.lifecycle import Lifecycle
@@ -33,6 +34,7 @@ from exporter.state import RunRegistry
 from exporter.tail import Tailer, TailStats, follow, read_stream
 
 log = logging.getLogger("caffe_exporter")
+_SUPERVISE_INTERVAL = 0.5  # seconds between checks that every reading thread is alive
 
 
 class _Guarded(Collector):
@@ -86,12 +88,21 @@ class _Reader(threading.Thread):
         return not self.is_alive() and not self.finished and self.ident is not None
 
 
-def serve(cfg: config.Config, stop: threading.Event) -> int:
+@dataclass
+class Reload:
+    """`requested` is set (by SIGHUP) when `load()` should be called and its configuration applied."""
+
+    requested: threading.Event
+    load: Callable[[], config.Config]
+
+
+def serve(cfg: config.Config, stop: threading.Event, reload: Reload | None = None) -> int:
     """Run the exporter until `stop` is set; returns the exit status (1 when a reading thread died)."""
     pipeline, registry = build(cfg)
     restored = checkpoint.Restored({}, {})
     if cfg.checkpoint_file:
         pipeline, registry, restored = _restore(cfg, pipeline, registry)
+    pipeline.reload_status = (True, time.time())
     ready = threading.Event()
 
     def runs() -> list[tuple[str, str]]:
@@ -147,7 +158,10 @@ def serve(cfg: config.Config, stop: threading.Event) -> int:
         t.start()
     status = 0
     try:
-        while not stop.wait(0.5):
+        while not stop.wait(_SUPERVISE_INTERVAL):
+            if reload is not None and reload.requested.is_set():
+                reload.requested.clear()
+                cfg = _reload(cfg, reload.load, pipeline, tailer, lifecycle)
             dead = [r.name for r in readers if r.dead]
             if dead:
                 log.critical("reading thread %s died; exiting so that the service manager restarts the exporter "
@@ -165,6 +179,45 @@ def serve(cfg: config.Config, stop: threading.Event) -> int:
         if tailer is not None:
             tailer.close()
     return status
+
+
+def _reload(cfg: config.Config, load: Callable[[], config.Config], pipeline: Pipeline,
+            tailer: Tailer | None, lifecycle: Lifecycle) -> config.Config:
+    """Apply a re-read configuration without losing the state of the runs that stay; a broken file is
+    reported and the running configuration kept. Returns the configuration now in force."""
+    try:
+        new = load()
+    except config.ConfigError as e:
+        log.error("configuration reload failed, keeping the running configuration: %s", e)
+        pipeline.reload_status = (False, pipeline.reload_status[1])
+        return cfg
+    restart = [k for k in ("listen", "checkpoint_file", "poll", "start_at") if getattr(new, k) != getattr(cfg, k)]
+    if restart:
+        log.warning("configuration reload: %s take effect at the next restart only", ", ".join(restart))
+    paths = [s.path for s in new.sources]
+    if "-" in paths and "-" not in [s.path for s in cfg.sources]:
+        log.warning("configuration reload: standard input can only be read from the start")
+    with pipeline.lock:
+        pipeline.registry.identify = RunNamer(new.sources)
+        for run in pipeline.registry.runs.values():  # static labels and run_regex labels of runs that stay
+            if run.sources and run.sources[-1] != "-":
+                run.labels = pipeline.registry.identify(run.sources[-1])[1]
+        pipeline.registry.make_observers = make_observers(new.detectors)
+        for run in pipeline.registry.runs.values():
+            analysis = analysis_of(run)
+            if analysis is not None:
+                analysis.config = new.detectors
+        pipeline.registry.set_limits(new.limits)
+        lifecycle.config = new.runs
+        for name, run in list(pipeline.registry.runs.items()):
+            if run.sources != ["-"] and not any(rule.covers(src) for rule in new.sources for src in run.sources):
+                # its files are no longer read; if the source comes back they are read from the start
+                pipeline.registry.drop(name, "removed")
+        if tailer is not None:
+            tailer.set_sources([p for p in paths if p != "-"])
+        pipeline.reload_status = (True, time.time())
+    log.info("configuration reloaded: sources %s", paths)
+    return dataclasses.replace(new, **{k: getattr(cfg, k) for k in restart})
 
 
 def _read_files(tailer: Tailer, pipeline: Pipeline, cfg: config.Config, stop: threading.Event,
@@ -236,12 +289,17 @@ def _restore(cfg: config.Config, pipeline: Pipeline,
     return pipeline, registry, restored
 
 
-def _install_signals(stop: threading.Event) -> None:
+def _install_signals(stop: threading.Event, reload: threading.Event) -> None:
+    """TERM and INT stop (with a final checkpoint); HUP reloads the configuration, as Prometheus does."""
     def handler(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
+    def hup(signum: int, frame: FrameType | None) -> None:
+        reload.set()
+
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGHUP, hup)
 
 
 def _config_from_args(args: argparse.Namespace) -> config.Config:
@@ -294,7 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("watchfiles").setLevel(logging.WARNING)  # it logs every change set at INFO
     stop = threading.Event()
-    _install_signals(stop)
+    reload = threading.Event()
+    _install_signals(stop, reload)
     if args.command == "demo":
         from exporter import demo
 
@@ -305,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"caffe-exporter: configuration error: {e}", file=sys.stderr)
         return 2
     try:
-        return serve(cfg, stop)
+        return serve(cfg, stop, Reload(reload, lambda: _config_from_args(args)))
     except OSError as e:
         print(f"caffe-exporter: cannot listen on {cfg.listen}: {e.strerror}", file=sys.stderr)
         return 1

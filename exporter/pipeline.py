@@ -39,6 +39,8 @@ class Pipeline:
     # per path, where the lines applied to the run state end (what a checkpoint may save)
     applied: dict[str, FilePosition] = field(default_factory=dict)
     generation: int = 0  # chunks applied so far: a checkpoint is due only when it moved
+    # (last reload successful, Unix time of the last successful load): the start counts as one
+    reload_status: tuple[bool, float] = (True, 0.0)
 
     def on_chunk(self, chunk: Chunk) -> None:
         if not chunk.text:  # only moves the position (a dropped oversized line, a skip, a forget)
@@ -75,6 +77,8 @@ class Pipeline:
             "truncations": t.truncations, "read_errors": t.read_errors,
         }
         out.update({f"errors_{stage}": n for stage, n in self.errors.counts.items()})
+        out.update({f"runs_expired_{reason}": n for reason, n in self.registry.expired.items()})
+        out.update({f"series_dropped_{reason}": n for reason, n in self.registry.budget.dropped.items()})
         return out
 
     def restore_counters(self, saved: Mapping[str, Any]) -> None:
@@ -91,3 +95,8 @@ class Pipeline:
         t.rotations, t.truncations, t.read_errors = get("rotations"), get("truncations"), get("read_errors")
         for stage in self.errors.counts:
             self.errors.counts[stage] = get(f"errors_{stage}")
+        for name in saved:
+            if name.startswith("runs_expired_"):
+                self.registry.expired[name.removeprefix("runs_expired_")] = get(name)
+            elif name.startswith("series_dropped_"):
+                self.registry.budget.dropped[name.removeprefix("series_dropped_")] = get(name)

@@ -46,7 +46,7 @@ def test_deleted_finished_and_stale_runs_leave_metrics_landing_page_and_checkpoi
             return {lab["reason"]: v for lab, v in samples(http_get(url + "/metrics"),
                                                           "caffe_exporter_runs_expired_total")}
 
-        assert expired() == {"deleted": 0, "finished": 0, "stale": 0}
+        assert expired() == {"deleted": 0, "finished": 0, "stale": 0, "removed": 0}
         for name, data in (("done", HEALTHY), ("gone", TRAINING), ("old", TRAINING)):
             (root / name).mkdir()
             (root / name / "caffe.log").write_bytes(data)
@@ -59,7 +59,7 @@ def test_deleted_finished_and_stale_runs_leave_metrics_landing_page_and_checkpoi
                        interval=0.1, procs=[proc])
             assert expired()[reason] == 1
             assert f"<td>{name}</td>" not in http_get(url + "/")
-        assert expired() == {"deleted": 1, "finished": 1, "stale": 1}
+        assert expired() == {"deleted": 1, "finished": 1, "stale": 1, "removed": 0}
         assert runs_on_metrics() == set()
         if hasattr(Tailer, "forget"):  # with the tailer that re-reads a forgotten file from its start
             with (root / "old" / "caffe.log").open("ab") as f:

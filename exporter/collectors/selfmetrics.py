@@ -11,7 +11,7 @@ from prometheus_client.registry import Collector
 from exporter import __version__
 from exporter.pipeline import Pipeline
 
-EXPIRY_REASONS = ("deleted", "finished", "stale")  # lifecycle.REASONS (collectors come before the lifecycle)
+EXPIRY_REASONS = ("deleted", "finished", "stale", "removed")  # lifecycle.REASONS (collectors come before the lifecycle)
 DROP_REASONS = ("max_series_per_run", "max_series", "max_runs", "name_too_long", "layer_filter")
 
 
@@ -31,6 +31,7 @@ class ExporterCollector(Collector):
         p, t = self._pipeline, self._pipeline.tail_stats
         parsed, skipped, failed, nruns = p.lines.parsed, p.lines.skipped, p.lines.failed, len(p.registry.runs)
         budget = p.registry.budget
+        reload_ok, reload_time = p.reload_status
         info = GaugeMetricFamily("caffe_exporter_build_info", "caffe-exporter version and Python version.",
                                  labels=["version", "python_version"])
         info.add_metric([__version__, platform.python_version()], 1)
@@ -87,8 +88,14 @@ class ExporterCollector(Collector):
                 "caffe_exporter_runs_expired",
                 "Runs dropped by the lifecycle (runs: in the configuration), by reason: deleted (every log "
                 "file gone for deleted_grace), finished (finished_ttl after the last read of a finished run), "
-                "stale (stale_ttl after the last read).", labels=["reason"]),
+                "stale (stale_ttl after the last read), removed (its source left the configuration on reload).",
+                labels=["reason"]),
                 EXPIRY_REASONS, p.registry.expired),
+            GaugeMetricFamily("caffe_exporter_config_last_reload_successful", "1 if the last configuration "
+                              "reload (SIGHUP) succeeded, 0 if the file was broken and the old one kept.",
+                              1.0 if reload_ok else 0.0),
+            GaugeMetricFamily("caffe_exporter_config_last_reload_success_timestamp_seconds", "Time of the last "
+                              "successful configuration load (start or SIGHUP), Unix seconds.", reload_time),
         ]
 
 
