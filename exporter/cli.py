@@ -23,6 +23,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from exporter import __version__, checkpoint, config
+from exporter.collectors.http import FAMILIES as HTTP_FAMILIES
+from exporter.collectors.http import HttpCollector
 from exporter.collectors.scrape import ScrapeCollector
 from exporter.detect import analysis_of, make_observers
 from exporter.errors import StageErrors
@@ -116,6 +118,7 @@ def serve(cfg: config.Config, stop: threading.Event, reload: Reload | None = Non
 
     host, port = config.parse_listen(cfg.listen, "--listen")
     server = start_server(make_app(registry, runs, healthy=healthy, ready=ready.is_set), host, port)
+    registry.register(HttpCollector(lambda: {k: getattr(server, k) for k in HTTP_FAMILIES}))
     log.info("caffe-exporter %s listening on %s:%d, sources %s", __version__, host, port,
              [s.path for s in cfg.sources])
     paths = [s.path for s in cfg.sources]
@@ -131,7 +134,8 @@ def serve(cfg: config.Config, stop: threading.Event, reload: Reload | None = Non
     saver = None
     if paths:
         tailer = Tailer(paths, start_at_end=cfg.start_at == "end", max_line_bytes=cfg.max_line_bytes,
-                        read_bytes=cfg.read_bytes, stats=pipeline.tail_stats, positions=restored.positions)
+                        read_bytes=cfg.read_bytes, stats=pipeline.tail_stats, positions=restored.positions,
+                        max_open_files=cfg.max_open_files, idle_close=cfg.idle_close, rotate_wait=cfg.rotate_wait)
         pipeline.applied.update(restored.positions)
         readers.append(_Reader("tail", lambda: _read_files(tailer, pipeline, cfg, stop, ready)))
     else:

@@ -34,6 +34,9 @@ class Config:
     poll_interval: float = 1.0  # seconds between safety-net polls (and between polls with poll: true)
     max_line_bytes: int = 1 << 20
     read_bytes: int = 4 << 20
+    max_open_files: int = 256  # descriptors held for log files; idle ones are closed, their offsets kept
+    idle_close: float = 30.0  # seconds without growth after which a file's descriptor is closed
+    rotate_wait: float = 5.0  # seconds a renamed-away file is still read until it stops growing
     checkpoint_file: str = ""  # offsets and state saved here so a restart continues (docs/configuration.md)
     checkpoint_interval: float = 30.0
     detectors: DetectorConfig = field(default_factory=DetectorConfig)
@@ -108,7 +111,8 @@ def from_mapping(data: Any, where: str) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping of settings at the top level, got {type(data).__name__}")
     known = {"listen", "sources", "start_at", "poll", "poll_interval", "max_line_bytes", "read_bytes", "limits",
-             "checkpoint_file", "checkpoint_interval", "detectors", "runs"}
+             "checkpoint_file", "checkpoint_interval", "detectors", "runs", "max_open_files", "idle_close",
+             "rotate_wait"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
@@ -125,6 +129,11 @@ def from_mapping(data: Any, where: str) -> Config:
                     and 0 < v <= 3600, "a number of seconds in (0, 3600]", 1.0)
     max_line = _get(data, "max_line_bytes", w, lambda v: _is_int(v) and v >= 1024, "an integer >= 1024", 1 << 20)
     read_bytes = _get(data, "read_bytes", w, lambda v: _is_int(v) and v >= 4096, "an integer >= 4096", 4 << 20)
+    max_open = _get(data, "max_open_files", w, lambda v: _is_int(v) and v >= 1, "an integer >= 1", 256)
+    idle_close = _get(data, "idle_close", w, lambda v: isinstance(v, int | float) and not isinstance(v, bool)
+                      and v > 0, "a positive number of seconds", 30.0)
+    rotate_wait = _get(data, "rotate_wait", w, lambda v: isinstance(v, int | float) and not isinstance(v, bool)
+                       and v >= 0, "a number of seconds >= 0", 5.0)
     limits = _limits(_get(data, "limits", w, lambda v: isinstance(v, dict), "a mapping", {}), f"{where}: limits")
     runs = _lifecycle(_get(data, "runs", w, lambda v: isinstance(v, dict), "a mapping", {}), f"{where}: runs")
     raw_detectors: dict[str, Any] = _get(data, "detectors", w, lambda v: isinstance(v, dict), "a mapping", {})
@@ -136,7 +145,8 @@ def from_mapping(data: Any, where: str) -> Config:
     checkpoint_interval = _get(data, "checkpoint_interval", w, lambda v: isinstance(v, int | float)
                                and not isinstance(v, bool) and v > 0, "a positive number of seconds", 30.0)
     return Config(listen=listen, sources=sources, start_at=start_at, poll=poll, poll_interval=float(interval),
-                  max_line_bytes=max_line, read_bytes=read_bytes, checkpoint_file=checkpoint_file,
+                  max_line_bytes=max_line, read_bytes=read_bytes, max_open_files=max_open,
+                  idle_close=float(idle_close), rotate_wait=float(rotate_wait), checkpoint_file=checkpoint_file,
                   checkpoint_interval=float(checkpoint_interval), detectors=detectors, limits=limits, runs=runs)
 
 

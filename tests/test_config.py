@@ -53,6 +53,20 @@ def test_the_documented_example_loads(tmp_path: Path) -> None:
     # the limits and lifecycle shown are the defaults
     assert cfg.limits == Config().limits == Limits(20000, 1_000_000, 10_000, 256, None, None)
     assert cfg.runs == Config().runs == LifecycleConfig(300, 3600, 7 * 86400)
+    assert (cfg.max_open_files, cfg.idle_close, cfg.rotate_wait) == (256, 30.0, 5.0)
+
+
+@pytest.mark.parametrize("key, value, expected", [("max_open_files", 0, "an integer >= 1"),
+                                                  ("idle_close", 0, "a positive number of seconds"),
+                                                  ("rotate_wait", -1, "a number of seconds >= 0")])
+def test_file_handling_settings_are_validated(tmp_path: Path, key: str, value: int, expected: str) -> None:
+    with pytest.raises(ConfigError, match=f"{key}: expected {expected}, got {value}"):
+        load(write(tmp_path, f"{key}: {value}\n"))
+
+
+def test_file_handling_settings_are_read(tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, "max_open_files: 16\nidle_close: 2.5\nrotate_wait: 0\n"))
+    assert (cfg.max_open_files, cfg.idle_close, cfg.rotate_wait) == (16, 2.5, 0.0)
 
 
 def test_every_key_set(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ ALLOWED: dict[str, set[str]] = {
     "errors": set(),  # used by the wiring stages (pipeline, cli) only
     "pipeline": {"errors", "state", "tail"},
     "collectors.runs": {"state"},
+    "collectors.http": set(),
     "collectors.anomalies": {"detect", "state"},
     "collectors.selfmetrics": {"exporter", "pipeline"},
     "collectors.scrape": {"collectors.runs", "collectors.anomalies", "collectors.selfmetrics", "pipeline"},

@@ -526,3 +526,25 @@ def test_thread_count_is_fixed_whatever_the_clients_do() -> None:
         finally:
             for s in conns:
                 s.close()
+
+
+def test_the_servers_counters_are_exported_as_caffe_exporter_http_metrics() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from exporter.collectors.http import FAMILIES, HttpCollector
+
+    with serving(max_connections=2) as server:
+        held = [socket.create_connection(server.address, timeout=10) for _ in range(2)]
+        try:
+            assert _until(lambda: server.open_connections == 2)
+            with socket.create_connection(server.address, timeout=10) as extra:
+                assert _closed_by_server(extra)
+            metrics = CollectorRegistry()
+            metrics.register(HttpCollector(lambda: {k: getattr(server, k) for k in FAMILIES}))
+            text = generate_latest(metrics).decode()
+        finally:
+            for s in held:
+                s.close()
+    assert "caffe_exporter_http_connections_rejected_total 1.0" in text
+    assert "caffe_exporter_http_open_connections 2.0" in text
+    assert "caffe_exporter_http_accept_errors_total 0.0" in text
