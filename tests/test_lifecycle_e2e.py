@@ -14,8 +14,6 @@ from pathlib import Path
 
 from e2e_util import E2E_MARKS, free_port, http_get, running, samples, wait_http_ok, wait_until
 
-from exporter.tail import Tailer
-
 pytestmark = E2E_MARKS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,17 +59,13 @@ def test_deleted_finished_and_stale_runs_leave_metrics_landing_page_and_checkpoi
             assert f"<td>{name}</td>" not in http_get(url + "/")
         assert expired() == {"deleted": 1, "finished": 1, "stale": 1, "removed": 0}
         assert runs_on_metrics() == set()
-        if hasattr(Tailer, "forget"):  # with the tailer that re-reads a forgotten file from its start
-            with (root / "old" / "caffe.log").open("ab") as f:
-                f.write(HEALTHY[len(TRAINING):])
-            wait_until("old grown again: a fresh run from its start", lambda: [
-                v for lab, v in samples(http_get(url + "/metrics"), "caffe_display_iterations_total")
-                if lab["run"] == "old" and v == HEALTHY.count(b", loss = ")] or None,
-                timeout=20, procs=[proc])
-            proc.popen.send_signal(signal.SIGTERM)
-            proc.popen.wait(timeout=20)
-            assert [r["state"]["run"] for r in json.loads(state.read_text())["runs"]] == ["old"]
-        else:
-            proc.popen.send_signal(signal.SIGTERM)
-            proc.popen.wait(timeout=20)
-            assert json.loads(state.read_text())["runs"] == []  # the checkpoint holds no dropped run
+        with (root / "old" / "caffe.log").open("ab") as f:  # a dropped log grows again
+            f.write(HEALTHY[len(TRAINING):])
+        wait_until("old grown again: a fresh run from its start", lambda: [
+            v for lab, v in samples(http_get(url + "/metrics"), "caffe_display_iterations_total")
+            if lab["run"] == "old" and v == HEALTHY.count(b", loss = ")] or None,
+            timeout=20, procs=[proc])
+        proc.popen.send_signal(signal.SIGTERM)
+        proc.popen.wait(timeout=20)
+        # the checkpoint holds no dropped run, only the fresh one
+        assert [r["state"]["run"] for r in json.loads(state.read_text())["runs"]] == ["old"]
