@@ -148,21 +148,8 @@ def restore(data: Mapping[str, Any], registry: RunRegistry, detectors: DetectorC
         if not isinstance(raw_positions, Mapping) or not isinstance(raw_runs, list):
             raise TypeError("positions must be a mapping and runs a list")
         positions = {p: _position(p, d) for p, d in raw_positions.items()}
-        runs = []
-        for item in raw_runs:
-            run = RunState.from_dict(item["state"])
-            run.check()
-            run.observers = registry.make_observers(run)
-            if item["analysis"] is not None:
-                run.observers = [Analysis.from_dict(item["analysis"], detectors) if isinstance(o, Analysis) else o
-                                 for o in run.observers]
-            runs.append(run)
-        raw_counters = data.get("counters", {})
-        if not isinstance(raw_counters, Mapping):
-            raise TypeError("counters must be a mapping")
-        counters = {str(k): float(v) for k, v in raw_counters.items()}
-        if any(v < 0 for v in counters.values()):
-            raise ValueError("counters must be >= 0")
+        runs = [_run(item, registry, detectors) for item in raw_runs]
+        counters = _counters(data.get("counters", {}))
         if len({r.run for r in runs}) != len(runs):
             raise ValueError("two saved runs have the same name")
     except Exception as e:  # whatever shape a foreign or damaged file has, it is not ours to use
@@ -170,6 +157,25 @@ def restore(data: Mapping[str, Any], registry: RunRegistry, detectors: DetectorC
     for run in runs:  # all or nothing
         registry.restore(run)
     return Restored(positions, counters)
+
+
+def _run(item: Mapping[str, Any], registry: RunRegistry, detectors: DetectorConfig) -> RunState:
+    run = RunState.from_dict(item["state"])
+    run.check()
+    run.observers = registry.make_observers(run)
+    if item["analysis"] is not None:
+        run.observers = [Analysis.from_dict(item["analysis"], detectors) if isinstance(o, Analysis) else o
+                         for o in run.observers]
+    return run
+
+
+def _counters(raw: Any) -> dict[str, float]:
+    if not isinstance(raw, Mapping):
+        raise TypeError("counters must be a mapping")
+    counters = {str(k): float(v) for k, v in raw.items()}
+    if any(v < 0 for v in counters.values()):
+        raise ValueError("counters must be >= 0")
+    return counters
 
 
 @dataclass

@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from exporter.state import RunRegistry
+from exporter.state import RunRegistry, RunState
 
 REASONS = ("deleted", "finished", "stale")
 _UNITS = {"y": 365 * 86400, "w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1, "ms": 0.001}
@@ -70,24 +70,10 @@ class Lifecycle:
     def sweep(self) -> list[tuple[str, str]]:
         """Drop what is due; returns (run, reason) of the dropped runs."""
         now = self.clock()
-        cfg = self.config
         dropped: list[tuple[str, str]] = []
         paths: list[str] = []
         for run in list(self.registry.runs.values()):
-            if run.read_at is None:  # restored from a checkpoint without it: its time starts now
-                run.read_at = now
-            files = [p for p in run.sources if p != "-"]  # standard input is never "gone"
-            if files and not any(self.exists(p) for p in files):
-                run.gone_at = now if run.gone_at is None else run.gone_at
-            else:
-                run.gone_at = None
-            reason = None
-            if cfg.deleted_grace and run.gone_at is not None and now - run.gone_at >= cfg.deleted_grace:
-                reason = "deleted"
-            elif run.finished and cfg.finished_ttl and now - run.read_at >= cfg.finished_ttl:
-                reason = "finished"
-            elif not run.finished and cfg.stale_ttl and now - run.read_at >= cfg.stale_ttl:
-                reason = "stale"
+            reason = self._due(run, now)
             if reason is not None:
                 paths += self.registry.drop(run.run, reason)
                 dropped.append((run.run, reason))
@@ -97,3 +83,20 @@ class Lifecycle:
         if paths:
             self.on_drop(paths)
         return dropped
+
+    def _due(self, run: RunState, now: float) -> str | None:
+        """Why `run` is to be dropped now, if it is (stamping when its files were first seen gone)."""
+        cfg = self.config
+        if run.read_at is None:  # restored from a checkpoint without it: its time starts now
+            run.read_at = now
+        files = [p for p in run.sources if p != "-"]  # standard input is never "gone"
+        if files and not any(self.exists(p) for p in files):
+            run.gone_at = now if run.gone_at is None else run.gone_at
+        else:
+            run.gone_at = None
+        if cfg.deleted_grace and run.gone_at is not None and now - run.gone_at >= cfg.deleted_grace:
+            return "deleted"
+        ttl = cfg.finished_ttl if run.finished else cfg.stale_ttl
+        if ttl and now - run.read_at >= ttl:
+            return "finished" if run.finished else "stale"
+        return None
