@@ -70,7 +70,7 @@ def child_exporter(log: str, out: str, report: str, profile: str | None, read_by
     from exporter import cli, config, state
 
     if pure_python:  # measure the fallback used where exporter/_scan.c could not be compiled
-        state._accel = None
+        state._accel = None  # type: ignore[attr-defined,assignment]  # its private switch, on purpose
     from exporter.identity import SourceRule
     from exporter.tail import Tailer
 
@@ -98,7 +98,7 @@ def child_exporter(log: str, out: str, report: str, profile: str | None, read_by
     t_render = time.perf_counter()
     body = generate_latest(registry)
     t_end = time.perf_counter()
-    if prof is not None:
+    if prof is not None and profile:
         prof.disable()
         prof.dump_stats(profile)
     tailer.close()

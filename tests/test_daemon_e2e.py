@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_util import E2E_MARKS, ManagedProcess, free_port, http_get, running, wait_http_ok, wait_until
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -28,6 +27,7 @@ from exporter.config import Config
 from exporter.identity import SourceRule
 from exporter.pipeline import Pipeline
 from exporter.tail import Chunk
+from tests.e2e_util import E2E_MARKS, ManagedProcess, free_port, http_get, running, wait_http_ok, wait_until
 
 pytestmark = E2E_MARKS
 
