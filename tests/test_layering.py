@@ -22,7 +22,7 @@ ALLOWED: dict[str, set[str]] = {
     "identity": set(),
     "parse": {"events"},
     "state": {"events", "parse", "tail", "_scan"},  # _scan: the optional C accelerator of its hot loop
-    "detect": {"parse", "state"},
+    "detect": {"jsonvalue", "parse", "state"},
     "errors": set(),  # used by the wiring stages (pipeline, daemon) only
     "pipeline": {"errors", "state", "tail"},
     "collectors": set(),
