@@ -26,10 +26,11 @@ ALLOWED: dict[str, set[str]] = {
     "errors": set(),  # used by the wiring stages (pipeline, daemon) only
     "pipeline": {"errors", "state", "tail"},
     "collectors": set(),
-    "collectors.runs": {"state"},
-    "collectors.http": set(),
+    "collectors.family": set(),  # a family declared once: name, type, HELP, labels
+    "collectors.runs": {"collectors.family", "state"},
+    "collectors.http": {"collectors.family"},
     "collectors.anomalies": {"detect", "state"},
-    "collectors.selfmetrics": {"exporter", "pipeline"},
+    "collectors.selfmetrics": {"collectors.family", "exporter", "pipeline"},
     "collectors.scrape": {"collectors.runs", "collectors.anomalies", "collectors.selfmetrics", "pipeline"},
     "serve": {"exporter"},
     "config": {"detect", "identity", "lifecycle", "state"},
