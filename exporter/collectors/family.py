@@ -13,7 +13,7 @@ from typing import Literal
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Family:
     name: str
     type: Literal["counter", "gauge"]
