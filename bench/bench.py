@@ -6,7 +6,7 @@ Generates (or reuses, ``--log``) a ResNet-50-sized Caffe ``debug_info`` log with
 2x from one minute to the next: compare the ratios measured in one invocation, not absolute numbers):
 
 * ``caffe-exporter``: a fresh ``python bench.py --child-exporter`` process pinned to one core
-  (``taskset -c 0``). It wires the pipeline with ``exporter.cli.build`` (so detectors or anything else
+  (``taskset -c 0``). It wires the pipeline with ``exporter.daemon.build`` (so detectors or anything else
   ``build`` adds are included), reads the log with the real ``Tailer`` (as ``serve`` creates it), feeds
   every chunk to ``Pipeline.on_chunk`` (parse + run state), and finally renders ``/metrics`` once with
   ``prometheus_client.generate_latest(registry)``.
@@ -67,17 +67,17 @@ def child_exporter(log: str, out: str, report: str, profile: str | None, read_by
 
     from prometheus_client import generate_latest
 
-    from exporter import cli, config, state
+    from exporter import config, daemon, state
 
     if pure_python:  # measure the fallback used where exporter/_scan.c could not be compiled
-        state._accel = None
+        state._accel = None  # type: ignore[attr-defined,assignment]  # its private switch, on purpose
     from exporter.identity import SourceRule
     from exporter.tail import Tailer
 
     cfg = dataclasses.replace(config.Config(), sources=(SourceRule(log),))
     if read_bytes:
         cfg = dataclasses.replace(cfg, read_bytes=read_bytes)
-    pipeline, registry = cli.build(cfg)
+    pipeline, registry = daemon.build(cfg)
     tailer = Tailer([log], start_at_end=cfg.start_at == "end", max_line_bytes=cfg.max_line_bytes,
                     read_bytes=cfg.read_bytes, stats=pipeline.tail_stats)
     prof = None
@@ -98,7 +98,7 @@ def child_exporter(log: str, out: str, report: str, profile: str | None, read_by
     t_render = time.perf_counter()
     body = generate_latest(registry)
     t_end = time.perf_counter()
-    if prof is not None:
+    if prof is not None and profile:
         prof.disable()
         prof.dump_stats(profile)
     tailer.close()
@@ -234,7 +234,7 @@ def build_cases(args: argparse.Namespace, log: str, outdir: str, src: str) -> li
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     cases = [{
         "name": "caffe-exporter" + (" (pure Python)" if args.pure_python else ""),
-        "desc": "Tailer -> Pipeline.on_chunk -> generate_latest, via exporter.cli.build" + (
+        "desc": "Tailer -> Pipeline.on_chunk -> generate_latest, via exporter.daemon.build" + (
             ", C accelerator disabled" if args.pure_python else "") + (
             f", taskset -c {args.cpu}" if pin else ", not pinned (no taskset)"),
         "kind": "exporter",

@@ -33,11 +33,15 @@ Provenance: copied verbatim from ../shared/peer-bench/gen_caffe_log.py (the peer
 so that bench/ runs without ../shared; only this paragraph and the ruff noqa line (vendored code kept as is) were added.
 """
 
+from __future__ import annotations
+
 import argparse
 import math
 import random
 import sys
 import time
+from collections.abc import Callable
+from typing import TextIO
 
 # ---------------------------------------------------------------------------
 # Network topology
@@ -48,8 +52,8 @@ class Layer:
     __slots__ = ("name", "type", "bottoms", "tops", "nparams", "param_lr",
                  "bottom_bw", "stage")
 
-    def __init__(self, name, ltype, bottoms, tops, nparams=0, param_lr=True,
-                 stage=0):
+    def __init__(self, name: str, ltype: str, bottoms: list[str], tops: list[str], nparams: int = 0,
+                 param_lr: bool = True, stage: int = 0) -> None:
         self.name = name
         self.type = ltype
         self.bottoms = bottoms
@@ -62,8 +66,8 @@ class Layer:
         self.stage = stage
 
 
-def resnet50():
-    L = []
+def resnet50() -> list[Layer]:
+    L: list[Layer] = []
     L.append(Layer("data", "Data", [], ["data", "label"]))
     L.append(Layer("conv1", "Convolution", ["data"], ["conv1"], 2, stage=1))
     L[-1].bottom_bw = [False]  # data needs no backward
@@ -108,7 +112,7 @@ def resnet50():
 # ---------------------------------------------------------------------------
 
 
-def fmt(v):
+def fmt(v: float) -> str:
     """C++ ostream << float default formatting (6 significant digits)."""
     if v != v:
         return "nan"
@@ -122,16 +126,16 @@ def fmt(v):
 class Clock:
     """glog prefix: 'I1109 12:00:00.123456  1234 file:line] '."""
 
-    def __init__(self, start, tid):
+    def __init__(self, start: float, tid: int) -> None:
         self.t = start
         self.tid = tid
-        self._sec = None
+        self._sec: int | None = None
         self._sec_str = ""
 
-    def advance(self, dt):
+    def advance(self, dt: float) -> None:
         self.t += dt
 
-    def prefix(self, level, src):
+    def prefix(self, level: str, src: str) -> str:
         sec = int(self.t)
         if sec != self._sec:
             self._sec = sec
@@ -149,12 +153,12 @@ class Walk:
     """Log-space random walk with a per-iteration trend."""
     __slots__ = ("logv", "trend", "sigma")
 
-    def __init__(self, rng, base, spread, trend, sigma):
+    def __init__(self, rng: random.Random, base: float, spread: float, trend: float, sigma: float) -> None:
         self.logv = math.log(base) + rng.gauss(0.0, spread)
         self.trend = trend
         self.sigma = sigma
 
-    def step(self, rng):
+    def step(self, rng: random.Random) -> float:
         self.logv += self.trend + rng.gauss(0.0, self.sigma)
         # keep within a plausible band
         if self.logv > 9.0:
@@ -164,9 +168,12 @@ class Walk:
         return math.exp(self.logv)
 
 
-def build_walks(layers, rng):
+Walks = tuple[list["Walk"], list["Walk"], list["Walk"], list["Walk"]]  # top data, param data, param diff, bottom diff
+
+
+def build_walks(layers: list[Layer], rng: random.Random) -> dict[str, Walks]:
     """One walk per printed quantity: (layer, kind) -> list of Walks."""
-    W = {}
+    W: dict[str, Walks] = {}
     for li, l in enumerate(layers):
         depth = li / float(len(layers))
         # forward top data magnitudes
@@ -179,7 +186,8 @@ def build_walks(layers, rng):
         else:
             top = [Walk(rng, 0.05 + 0.5 * depth, 0.3, 0.0, 0.004) for _ in l.tops]
         # param data (mean |w|) and diff (mean |dw|)
-        pdata, pdiff = [], []
+        pdata: list[Walk] = []
+        pdiff: list[Walk] = []
         for p in range(l.nparams):
             if l.type == "BatchNorm":
                 base = (0.3, 0.05, 999.982)[p]
@@ -208,7 +216,7 @@ def build_walks(layers, rng):
 # ---------------------------------------------------------------------------
 
 
-def preamble(layers, clock, w):
+def preamble(layers: list[Layer], clock: Clock, w: Callable[[str], object]) -> None:
     """Net construction lines (not metrics; realistic noise for parsers)."""
     p = clock.prefix
     w(p("I", "caffe.cpp:218") + "Using GPUs 0\n")
@@ -242,7 +250,7 @@ def preamble(layers, clock, w):
     w(p("I", "solver.cpp:273") + "Learning Rate Policy: step\n")
 
 
-def generate(args, out):
+def generate(args: argparse.Namespace, out: TextIO) -> tuple[int, int]:
     rng = random.Random(args.seed)
     layers = resnet50()
     names = [l.name for l in layers]
@@ -257,12 +265,12 @@ def generate(args, out):
 
     W = build_walks(layers, rng)
     clock = Clock(args.start_time, args.tid)
-    buf = []
+    buf: list[str] = []
     w = buf.append
     nbytes = 0
     nlines = 0
 
-    def flush():
+    def flush() -> None:
         nonlocal nbytes, nlines
         s = "".join(buf)
         buf.clear()
@@ -283,7 +291,7 @@ def generate(args, out):
     dt_iter = 0.4
     nan_toggle = 0
 
-    def nanstr():
+    def nanstr() -> str:
         # glibc prints the sign of NaN; both forms show up in real logs
         nonlocal nan_toggle
         nan_toggle += 1
@@ -386,8 +394,8 @@ def generate(args, out):
     return nlines, nbytes
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--iterations", type=int, default=100,
                     help="number of training iterations to emit (default 100)")
     ap.add_argument("--out", default="-", help="output file ('-' = stdout)")

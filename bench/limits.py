@@ -9,7 +9,7 @@
   dump, the first test pass with debug_info: 35 per-layer series per run);
 * unrelated: N files of syslog/other-glog/JSON lines (only Caffe logs become runs).
 
-Everything goes through the daemon's own wiring (`exporter.cli.build` with the default `limits:`), then
+Everything goes through the daemon's own wiring (`exporter.daemon.build` with the default `limits:`), then
 /metrics is rendered once. Printed per case: RSS before and after (VmRSS of /proc/self/status, MiB),
 the growth per input item, runs and series stored, values refused by reason, the scrape's time and size.
 The tailer (file descriptors, offsets per path) is not part of it: this measures what the run state holds.
@@ -40,8 +40,8 @@ def child(case: str, n: int) -> dict[str, object]:
     sys.path.insert(0, str(REPO))
     from prometheus_client import generate_latest
 
-    from exporter.cli import build
     from exporter.config import Config
+    from exporter.daemon import build
     from exporter.identity import SourceRule
     from exporter.tail import Chunk
 

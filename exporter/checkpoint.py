@@ -33,7 +33,7 @@ from exporter.detect import Analysis, DetectorConfig, analysis_of
 from exporter.state import RunRegistry, RunState
 from exporter.tail import FilePosition
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("caffe_exporter.checkpoint")
 VERSION = 1
 _LEGACY_TMP = ".checkpoint-"  # temporary-file prefix of versions before 0.2 (shared by every checkpoint)
 _LEGACY_TMP_AGE = 3600.0  # a legacy temporary file this old belongs to no write in progress

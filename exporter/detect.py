@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from exporter.jsonvalue import finite_or_repr as _jnum
 from exporter.parse import split_key
 from exporter.state import Block, BlockObserver, NonfiniteValue, RunState
 
@@ -284,10 +285,6 @@ def nv_dict(nv: NonfiniteValue | None) -> dict[str, Any] | None:
         "line": nv.line,
         "path": nv.path,
     }
-
-
-def _jnum(v: float) -> float | str:
-    return v if math.isfinite(v) else repr(v)
 
 
 def _float(v: object) -> float:

@@ -18,7 +18,7 @@ from exporter.errors import StageErrors, stage_of
 from exporter.state import RunRegistry
 from exporter.tail import Chunk, FilePosition, TailStats
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("caffe_exporter.pipeline")
 
 
 @dataclass

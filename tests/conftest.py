@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+import exporter
+
+TREE = Path(__file__).resolve().parent.parent / "exporter"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The suite tests this checkout: an installed copy shadowing it would pass or fail for the wrong code
+    (pyproject.toml puts the checkout first on sys.path; this says so loudly if something else won)."""
+    found = Path(exporter.__file__).resolve().parent
+    if found != TREE:
+        raise pytest.UsageError(f"tests import exporter from {found}, not from this checkout ({TREE}); "
+                                f"run pytest from the checkout's root")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

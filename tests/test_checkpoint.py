@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from exporter import checkpoint, config
-from exporter.cli import build
+from exporter.daemon import build
 from exporter.detect import DetectorConfig, analysis_of, make_observers
 from exporter.identity import RunNamer, SourceRule
 from exporter.state import RunRegistry

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter import checkpoint, config
-from exporter.cli import _restore, build
+from exporter.daemon import build, restore
 from exporter.detect import DetectorConfig, make_observers
 from exporter.identity import RunNamer, SourceRule
 from exporter.state import RunRegistry, RunState
@@ -193,7 +193,7 @@ def test_an_unusable_checkpoint_gives_a_fresh_pipeline_and_a_full_read(tmp_path:
     ck.write_text(json.dumps(data))
     cfg = config.Config(sources=(SourceRule(str(tmp_path)),), checkpoint_file=str(ck))
     pipeline, registry = build(cfg)
-    pipeline, registry, restored = _restore(cfg, pipeline, registry)
+    pipeline, registry, restored = restore(cfg, pipeline, registry)
     assert pipeline.registry.runs == {} and restored.positions == {}
 
 
@@ -208,7 +208,7 @@ def test_counters_of_the_exporter_continue_from_the_checkpoint(tmp_path: Path) -
                                                               pipeline.counters()))
     before = pipeline.counters()
     again, registry = build(cfg)
-    again, registry, _ = _restore(cfg, again, registry)
+    again, registry, _ = restore(cfg, again, registry)
     assert again.counters() == before
     assert before["lines_parsed"] > 0 and before["errors_parse"] == 2 and before["bytes_read"] == 1234
 

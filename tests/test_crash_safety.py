@@ -21,7 +21,7 @@ from pathlib import Path
 from prometheus_client import generate_latest
 
 from exporter import config
-from exporter.cli import build
+from exporter.daemon import build
 from exporter.identity import SourceRule
 from exporter.pipeline import Pipeline
 from exporter.tail import Chunk, Tailer

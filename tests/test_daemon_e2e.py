@@ -19,15 +19,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_util import E2E_MARKS, ManagedProcess, free_port, http_get, running, wait_http_ok, wait_until
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.cli import build
 from exporter.config import Config
+from exporter.daemon import build
 from exporter.identity import SourceRule
 from exporter.pipeline import Pipeline
 from exporter.tail import Chunk
+from tests.e2e_util import E2E_MARKS, ManagedProcess, free_port, http_get, running, wait_http_ok, wait_until
 
 pytestmark = E2E_MARKS
 
@@ -67,7 +67,7 @@ def same(a: Samples, b: Samples) -> list[str]:
 
 
 def expected_metrics(parts: list[tuple[str, bytes]], sources: tuple[SourceRule, ...]) -> tuple[str, Pipeline]:
-    """Feed the same bytes in-process through the daemon's own wiring (`cli.build`), file by file, as
+    """Feed the same bytes in-process through the daemon's own wiring (`daemon.build`), file by file, as
     complete lines: what the daemon must have read."""
     pipeline, registry = build(Config(sources=sources))
     line_no: dict[str, int] = {}

@@ -55,7 +55,8 @@ gen = load_generator()
 
 
 def load(name: str) -> dict[str, Any]:
-    return json.loads((DASH_DIR / name).read_text(encoding="utf-8"))
+    doc: dict[str, Any] = json.loads((DASH_DIR / name).read_text(encoding="utf-8"))
+    return doc
 
 
 def variables(dash: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -28,7 +28,8 @@ from typing import Any
 
 import pytest
 import yaml
-from e2e_util import (
+
+from tests.e2e_util import (
     E2E_MARKS,
     ManagedProcess,
     PrometheusAPI,

@@ -219,3 +219,91 @@ def test_public_saturated_loss_is_found() -> None:
     assert code == 1
     (sat,) = [f for f in doc["runs"][0]["findings"] if f["type"] == "loss_saturated"]
     assert sat["iteration"] == 20
+
+
+def _job(tmp_path: Path, run: str, directory: str) -> Path:
+    """A copy of a real log in a one-directory-per-job layout (`<tmp>/jobs/<directory>/caffe.log`)."""
+    log = tmp_path / "jobs" / directory / "caffe.log"
+    log.parent.mkdir(parents=True)
+    log.write_bytes(log_of(run).read_bytes())
+    return log
+
+
+def _write_config(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def _json_report(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
+    code = main([*argv, "--json"])
+    doc: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return code, doc
+
+
+def test_config_source_rules_name_and_label_runs_as_the_daemon_does(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from exporter import config
+    from exporter.identity import RunNamer
+
+    log = _job(tmp_path, "lenet_healthy", "exp42-lr0.1")
+    cfg = _write_config(tmp_path, f"sources:\n  - path: {tmp_path / 'jobs'}\n    run_regex: '/(?P<run>exp[0-9]+)-lr'\n"
+                                  "    labels: {team: vision}\n")
+    code, doc = _json_report(capsys, str(log), "--config", cfg)
+    assert code == 0
+    assert [(r["run"], r["labels"]) for r in doc["runs"]] == [("exp42", {"team": "vision"})]
+    assert RunNamer(config.load(cfg).sources)(str(log)) == ("exp42", {"team": "vision"})  # serve's own naming
+    _, plain = _json_report(capsys, str(log))
+    assert [(r["run"], r["labels"]) for r in plain["runs"]] == [("exp42-lr0.1", {})]
+
+
+def test_a_log_no_configured_source_covers_keeps_the_default_name(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = _job(tmp_path, "lenet_healthy", "exp7-lr0.01")
+    cfg = _write_config(tmp_path, f"sources:\n  - path: {tmp_path / 'elsewhere'}\n    labels: {{team: vision}}\n")
+    _, doc = _json_report(capsys, str(log), "--config", cfg)
+    assert [(r["run"], r["labels"]) for r in doc["runs"]] == [("exp7-lr0.01", {})]
+
+
+@pytest.mark.parametrize("text", ["detector:\n  exploding: {factor: 2}\n",  # a typo serve rejects
+                                  "listen: 10052\n",  # a key diagnose does not use, still validated
+                                  "detectors:\n  exploding: {factor: many}\n",
+                                  "sources: [{path: /x, run_regex: '('}]\n",
+                                  "detectors: [\n"])  # not YAML
+def test_a_config_serve_rejects_is_rejected_with_serves_message(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str) -> None:
+    from exporter import config
+
+    cfg = _write_config(tmp_path, text)
+    with pytest.raises(config.ConfigError) as rejected:
+        config.load(cfg)
+    assert main([str(log_of("lenet_healthy")), "--config", cfg]) == 2
+    assert capsys.readouterr().err == f"caffe-exporter diagnose: {rejected.value}\n"
+
+
+def test_config_detector_thresholds_apply(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = str(log_of("explode"))
+    assert [f["type"] for f in _json_report(capsys, log)[1]["runs"][0]["findings"]] == ["exploding"]
+    # a loss spike is only reported apart from an explosion (docs/detectors.md): both off, nothing is found
+    cfg = _write_config(tmp_path, "detectors:\n  exploding: {enabled: false}\n  loss_spike: {enabled: false}\n")
+    code, doc = _json_report(capsys, log, "--config", cfg)
+    assert [f["type"] for f in doc["runs"][0]["findings"]] == []
+    assert code == 0
+
+
+def test_a_missing_config_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(log_of("lenet_healthy")), "--config", str(tmp_path / "absent.yaml")]) == 2
+    assert "absent.yaml: cannot read configuration" in capsys.readouterr().err
+
+
+def test_non_finite_numbers_are_written_as_their_repr_strings_everywhere(capsys: pytest.CaptureFixture[str]) -> None:
+    """One encoding for NaN/inf in the report and in the findings' values (exporter.jsonvalue)."""
+    from exporter.jsonvalue import finite_or_repr, optional_number
+
+    assert [finite_or_repr(v) for v in (1.5, float("nan"), float("inf"), float("-inf"))] == [1.5, "nan", "inf",
+                                                                                              "-inf"]
+    assert optional_number(None) is None
+    _, doc = _json_report(capsys, str(log_of("lenet_nan")))
+    run = doc["runs"][0]
+    assert run["summary"]["last_loss"] == "nan"
+    json.dumps(doc, allow_nan=False)

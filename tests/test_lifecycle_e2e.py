@@ -6,13 +6,14 @@ Each run is watched on its own (seen present, then seen gone), so a slow machine
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import sys
 from pathlib import Path
 
-from e2e_util import E2E_MARKS, free_port, http_get, running, samples, wait_http_ok, wait_until
+from tests.e2e_util import E2E_MARKS, free_port, http_get, running, samples, wait_http_ok, wait_until
 
 pytestmark = E2E_MARKS
 
@@ -40,6 +41,12 @@ def test_deleted_finished_and_stale_runs_leave_metrics_landing_page_and_checkpoi
         def runs_on_metrics() -> set[str]:
             return {labels["run"] for labels, _ in samples(http_get(url + "/metrics"), "caffe_run_info")}
 
+        def exported(run: str) -> bool | None:
+            return run in runs_on_metrics() or None
+
+        def dropped(run: str) -> bool | None:
+            return run not in runs_on_metrics() or None
+
         def expired() -> dict[str, float]:
             return {lab["reason"]: v for lab, v in samples(http_get(url + "/metrics"),
                                                           "caffe_exporter_runs_expired_total")}
@@ -49,11 +56,11 @@ def test_deleted_finished_and_stale_runs_leave_metrics_landing_page_and_checkpoi
             (root / name).mkdir()
             (root / name / "caffe.log").write_bytes(data)
         for name in ("done", "gone", "old"):
-            wait_until(f"{name} exported", lambda n=name: n in runs_on_metrics() or None, timeout=20,
+            wait_until(f"{name} exported", functools.partial(exported, name), timeout=20,
                        interval=0.1, procs=[proc])
         os.unlink(root / "gone" / "caffe.log")
         for name, reason in (("gone", "deleted"), ("done", "finished"), ("old", "stale")):
-            wait_until(f"{name} dropped ({reason})", lambda n=name: n not in runs_on_metrics() or None, timeout=30,
+            wait_until(f"{name} dropped ({reason})", functools.partial(dropped, name), timeout=30,
                        interval=0.1, procs=[proc])
             assert expired()[reason] == 1
             assert f"<td>{name}</td>" not in http_get(url + "/")

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,7 +38,7 @@ def _display_lines(name: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def scraped(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, object]]:
+def scraped(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("live-findings")
     logs = tmp / "logs"
     for name in RUNS:  # one directory per job: the run is named after it
@@ -62,15 +63,15 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, ob
     return exposition, json.loads(report.stdout)
 
 
-def test_daemon_flags_exactly_the_types_diagnose_reports(scraped: tuple[str, dict[str, object]]) -> None:
+def test_daemon_flags_exactly_the_types_diagnose_reports(scraped: tuple[str, dict[str, Any]]) -> None:
     exposition, report = scraped
     live = {(labels["run"], labels["type"]) for labels, v in samples(exposition, "caffe_anomalies_total") if v > 0}
-    offline = {(run["run"], f["type"]) for run in report["runs"] for f in run["findings"]}  # type: ignore[index]
+    offline = {(run["run"], f["type"]) for run in report["runs"] for f in run["findings"]}
     assert live == offline
     assert ("lenet_nan", "nonfinite") in live and not any(run == "lenet_healthy" for run, _ in live)
 
 
-def test_daemon_series_equal_the_in_process_analysis(scraped: tuple[str, dict[str, object]]) -> None:
+def test_daemon_series_equal_the_in_process_analysis(scraped: tuple[str, dict[str, Any]]) -> None:
     """Every anomaly sample, value and label set, as the daemon serves it and as diagnose's code computes it."""
     from exporter.detect import metric_tuples
     from exporter.diagnose import read_runs  # the report's own reading of the files

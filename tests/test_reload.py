@@ -87,9 +87,8 @@ class _ThreadKilled(BaseException):
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the death is the point
-def test_a_dead_reading_thread_turns_healthy_503_and_exits_non_zero(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from exporter import cli, config
+def test_a_dead_reading_thread_turns_healthy_503_and_exits_non_zero(tmp_path: Path) -> None:
+    from exporter import config, daemon
     from exporter.identity import SourceRule
 
     (tmp_path / "job").mkdir()
@@ -101,13 +100,13 @@ def test_a_dead_reading_thread_turns_healthy_503_and_exits_non_zero(
         die.wait(30)
         raise _ThreadKilled
 
-    monkeypatch.setattr(cli, "follow", follow)
-    monkeypatch.setattr(cli, "_SUPERVISE_INTERVAL", 2.0)  # room to see 503 before the exit
     port = free_port()
     cfg = config.Config(listen=f"127.0.0.1:{port}", sources=(SourceRule(str(tmp_path)),))
     stop = threading.Event()
     result: list[int] = []
-    server = threading.Thread(target=lambda: result.append(cli.serve(cfg, stop)))
+    # a supervisor checking every 2 s leaves room to see 503 before the exit
+    server = threading.Thread(target=lambda: result.append(daemon.serve(cfg, stop, supervise_interval=2.0,
+                                                                        follow_files=follow)))
     server.start()
     try:
         wait_until("ready", lambda: http_get(f"http://127.0.0.1:{port}/-/ready") is not None, 30)

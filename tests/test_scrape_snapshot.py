@@ -15,9 +15,9 @@ from types import TracebackType
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.cli import build
 from exporter.collectors.scrape import ScrapeCollector
 from exporter.config import Config
+from exporter.daemon import build
 from exporter.detect import make_observers
 from exporter.identity import RunNamer, SourceRule
 from exporter.pipeline import Pipeline
@@ -103,7 +103,7 @@ def test_the_daemon_registers_one_collector_for_all_caffe_families() -> None:
 
 
 def test_scrapes_concurrent_with_feeding_never_mix_two_states() -> None:
-    """The daemon's own wiring (cli.build), a feeding thread and scrapes interleaving freely; bounded."""
+    """The daemon's own wiring (daemon.build), a feeding thread and scrapes interleaving freely; bounded."""
     pipeline, prom = build(Config(sources=(SourceRule("jobs"),)))
     chunks = display_chunks()
     done = threading.Event()

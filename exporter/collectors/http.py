@@ -8,17 +8,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-FAMILIES: dict[str, tuple[str, str]] = {
-    "accept_errors": ("counter", "accept() calls that failed (EMFILE/ENFILE: out of file descriptors); the server "
-                      "backs off and serves again once descriptors are free."),
-    "connections_rejected": ("counter", "Connections closed at once because max_connections were open."),
-    "requests_rejected": ("counter", "Requests answered 503 because max_requests were running and the queue "
-                          "was full."),
-    "app_errors": ("counter", "Requests answered 500 because rendering raised (see the exporter's log)."),
-    "open_connections": ("gauge", "HTTP connections open now."),
+from exporter.collectors.family import Family
+
+# server attribute -> its family
+FAMILIES: dict[str, Family] = {
+    "accept_errors": Family("caffe_exporter_http_accept_errors", "counter", "accept() calls that failed "
+                            "(EMFILE/ENFILE: out of file descriptors); the server backs off and serves again once "
+                            "descriptors are free."),
+    "connections_rejected": Family("caffe_exporter_http_connections_rejected", "counter", "Connections closed at "
+                                   "once because max_connections were open."),
+    "requests_rejected": Family("caffe_exporter_http_requests_rejected", "counter", "Requests answered 503 because "
+                                "max_requests were running and the queue was full."),
+    "app_errors": Family("caffe_exporter_http_app_errors", "counter", "Requests answered 500 because rendering "
+                         "raised (see the exporter's log)."),
+    "open_connections": Family("caffe_exporter_http_open_connections", "gauge", "HTTP connections open now."),
 }
 
 
@@ -26,12 +32,9 @@ class HttpCollector(Collector):
     def __init__(self, stats: Callable[[], Mapping[str, int]]) -> None:
         self._stats = stats
 
+    def describe(self) -> Iterable[Metric]:
+        return [f.empty() for f in FAMILIES.values()]
+
     def collect(self) -> Iterable[Metric]:
         stats = self._stats()
-        out: list[Metric] = []
-        for key, (kind, doc) in FAMILIES.items():
-            name = f"caffe_exporter_http_{key}"
-            value = float(stats.get(key, 0))
-            out.append(CounterMetricFamily(name, doc, value) if kind == "counter" else GaugeMetricFamily(name, doc,
-                                                                                                      value))
-        return out
+        return [spec.of(float(stats.get(key, 0))) for key, spec in FAMILIES.items()]

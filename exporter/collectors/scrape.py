@@ -28,7 +28,7 @@ class ScrapeCollector(Collector):
 
     def describe(self) -> Iterable[Metric]:
         """Names only (registering must not render: it would take the lock)."""
-        return [*self._runs.describe(), *self._anomalies.describe(), *self._exporter.render()]
+        return [*self._runs.describe(), *self._anomalies.describe(), *self._exporter.describe()]
 
     def collect(self) -> Iterable[Metric]:
         with self._pipeline.lock:

@@ -5,14 +5,64 @@ from __future__ import annotations
 import platform
 from collections.abc import Iterable, Mapping
 
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from exporter import __version__
+from exporter.collectors.family import Family
 from exporter.pipeline import Pipeline
 
 EXPIRY_REASONS = ("deleted", "finished", "stale", "removed")  # lifecycle.REASONS (collectors come before the lifecycle)
 DROP_REASONS = ("max_series_per_run", "max_series", "max_runs", "name_too_long", "layer_filter")
+
+
+BUILD_INFO = Family("caffe_exporter_build_info", "gauge", "caffe-exporter version and Python version.",
+                    ("version", "python_version"))
+LINES = Family(
+    "caffe_exporter_lines", "counter",
+    "Lines read, by outcome: parsed (a known Caffe line), skipped (anything else), oversized (over "
+    "max_line_bytes, dropped), partial (an unterminated last line dropped when its file was rotated "
+    "away, deleted or truncated, or stdin ended), failed (processing raised: a bug, see the "
+    "exporter's log).", ("outcome",))
+ERRORS = Family(
+    "caffe_exporter_errors", "counter",
+    "Exceptions by pipeline stage (tail, parse, state, detect, checkpoint, collect): each is logged once "
+    "per episode with its file, and reading goes on.", ("stage",))
+BYTES_READ = Family("caffe_exporter_bytes_read", "counter", "Bytes read from all sources.")
+FILES_WATCHED = Family("caffe_exporter_files_watched", "gauge", "Files being followed (open, or closed while idle "
+                       "and reopened when they grow), plus standard input while it is open.")
+FILES_OPEN = Family("caffe_exporter_files_open", "gauge", "File descriptors held for log files (bounded: idle "
+                    "files are closed, their offsets kept).")
+RUNS = Family("caffe_exporter_runs", "gauge", "Runs currently exported.")
+ROTATIONS = Family("caffe_exporter_file_rotations", "counter", "A watched path named another file "
+                   "(rename rotation, new glog file).")
+TRUNCATIONS = Family("caffe_exporter_file_truncations", "counter", "A file shrank below the read offset "
+                     "(copytruncate).")
+READ_ERRORS = Family("caffe_exporter_read_errors", "counter", "Open, stat or read failures (once per failure "
+                     "episode of a path).")
+UNREADABLE = Family("caffe_exporter_files_unreadable", "gauge", "Log paths failing to open, stat or read right "
+                    "now.")
+LAST_READ = Family("caffe_exporter_last_read_timestamp_seconds", "gauge", "Wall-clock time of the last read "
+                   "that returned data.")
+SERIES_DROPPED = Family(
+    "caffe_exporter_series_dropped", "counter",
+    "Values not stored because of limits: (reason max_series_per_run, max_series, layer_filter: "
+    "a new series refused; max_runs: a Caffe log refused as a new run; name_too_long: a name "
+    "cut to limits.max_name_bytes and stored).", ("reason",))
+SERIES = Family("caffe_exporter_series", "gauge", "Series stored by all runs (counted against "
+                "limits.max_series).")
+RUNS_EXPIRED = Family(
+    "caffe_exporter_runs_expired", "counter",
+    "Runs dropped by the lifecycle (runs: in the configuration), by reason: deleted (every log "
+    "file gone for deleted_grace), finished (finished_ttl after the last read of a finished run), "
+    "stale (stale_ttl after the last read), removed (its source left the configuration on reload).", ("reason",))
+RELOAD_OK = Family("caffe_exporter_config_last_reload_successful", "gauge", "1 if the last configuration "
+                   "reload (SIGHUP) succeeded, 0 if the file was broken and the old one kept.")
+RELOAD_TIME = Family("caffe_exporter_config_last_reload_success_timestamp_seconds", "gauge", "Time of the last "
+                     "successful configuration load (start or SIGHUP), Unix seconds.")
+FAMILIES: tuple[Family, ...] = (BUILD_INFO, LINES, ERRORS, BYTES_READ, FILES_WATCHED, FILES_OPEN, RUNS, ROTATIONS,
+                                TRUNCATIONS, READ_ERRORS, UNREADABLE, LAST_READ, SERIES_DROPPED, SERIES,
+                                RUNS_EXPIRED, RELOAD_OK, RELOAD_TIME)
 
 
 class ExporterCollector(Collector):
@@ -20,86 +70,45 @@ class ExporterCollector(Collector):
         self._pipeline = pipeline
 
     def describe(self) -> Iterable[Metric]:
-        return self.collect()
+        """Declarations only: registering must not take the lock."""
+        return [f.empty() for f in FAMILIES]
 
     def collect(self) -> Iterable[Metric]:
         with self._pipeline.lock:
             return self.render()
 
     def render(self) -> list[Metric]:
-        """The families; the caller holds the pipeline's lock."""
+        """The families, in FAMILIES' order; the caller holds the pipeline's lock."""
         p, t = self._pipeline, self._pipeline.tail_stats
-        parsed, skipped, failed, nruns = p.lines.parsed, p.lines.skipped, p.lines.failed, len(p.registry.runs)
         budget = p.registry.budget
         reload_ok, reload_time = p.reload_status
-        info = GaugeMetricFamily("caffe_exporter_build_info", "caffe-exporter version and Python version.",
-                                 labels=["version", "python_version"])
-        info.add_metric([__version__, platform.python_version()], 1)
-        lines = CounterMetricFamily(
-            "caffe_exporter_lines",
-            "Lines read, by outcome: parsed (a known Caffe line), skipped (anything else), oversized (over "
-            "max_line_bytes, dropped), partial (an unterminated last line dropped when its file was rotated "
-            "away, deleted or truncated, or stdin ended), failed (processing raised: a bug, see the "
-            "exporter's log).",
-            labels=["outcome"],
-        )
-        lines.add_metric(["parsed"], parsed)
-        lines.add_metric(["skipped"], skipped)
-        lines.add_metric(["oversized"], t.lines_oversized)
-        lines.add_metric(["partial"], t.lines_partial)
-        lines.add_metric(["failed"], failed)
-        errors = CounterMetricFamily(
-            "caffe_exporter_errors",
-            "Exceptions by pipeline stage (tail, parse, state, detect, checkpoint, collect): each is logged once "
-            "per episode with its file, and reading goes on.",
-            labels=["stage"],
-        )
-        for stage, n in sorted(p.errors.counts.items()):
-            errors.add_metric([stage], n)
+        lines = LINES.empty()
+        for outcome, n in (("parsed", p.lines.parsed), ("skipped", p.lines.skipped), ("oversized", t.lines_oversized),
+                           ("partial", t.lines_partial), ("failed", p.lines.failed)):
+            LINES.add(lines, n, outcome)
         return [
-            info,
+            BUILD_INFO.of(1, __version__, platform.python_version()),
             lines,
-            errors,
-            CounterMetricFamily("caffe_exporter_bytes_read", "Bytes read from all sources.", t.bytes_read),
-            GaugeMetricFamily("caffe_exporter_files_watched", "Files being followed (open, or closed while idle "
-                              "and reopened when they grow), plus standard input while it is open.", t.files_watched),
-            GaugeMetricFamily("caffe_exporter_files_open", "File descriptors held for log files (bounded: idle "
-                              "files are closed, their offsets kept).", t.files_open),
-            GaugeMetricFamily("caffe_exporter_runs", "Runs currently exported.", nruns),
-            CounterMetricFamily("caffe_exporter_file_rotations", "A watched path named another file "
-                                "(rename rotation, new glog file).", t.rotations),
-            CounterMetricFamily("caffe_exporter_file_truncations", "A file shrank below the read offset "
-                                "(copytruncate).", t.truncations),
-            CounterMetricFamily("caffe_exporter_read_errors", "Open, stat or read failures (once per failure "
-                                "episode of a path).", t.read_errors),
-            GaugeMetricFamily("caffe_exporter_files_unreadable", "Log paths failing to open, stat or read right "
-                              "now.", t.files_unreadable),
-            GaugeMetricFamily("caffe_exporter_last_read_timestamp_seconds", "Wall-clock time of the last read "
-                              "that returned data.", t.last_read_time),
-            _by_label(CounterMetricFamily(
-                "caffe_exporter_series_dropped",
-                "Values not stored because of limits: (reason max_series_per_run, max_series, layer_filter: "
-                "a new series refused; max_runs: a Caffe log refused as a new run; name_too_long: a name "
-                "cut to limits.max_name_bytes and stored).", labels=["reason"]),
-                DROP_REASONS, budget.dropped),
-            GaugeMetricFamily("caffe_exporter_series", "Series stored by all runs (counted against "
-                              "limits.max_series).", budget.total),
-            _by_label(CounterMetricFamily(
-                "caffe_exporter_runs_expired",
-                "Runs dropped by the lifecycle (runs: in the configuration), by reason: deleted (every log "
-                "file gone for deleted_grace), finished (finished_ttl after the last read of a finished run), "
-                "stale (stale_ttl after the last read), removed (its source left the configuration on reload).",
-                labels=["reason"]),
-                EXPIRY_REASONS, p.registry.expired),
-            GaugeMetricFamily("caffe_exporter_config_last_reload_successful", "1 if the last configuration "
-                              "reload (SIGHUP) succeeded, 0 if the file was broken and the old one kept.",
-                              1.0 if reload_ok else 0.0),
-            GaugeMetricFamily("caffe_exporter_config_last_reload_success_timestamp_seconds", "Time of the last "
-                              "successful configuration load (start or SIGHUP), Unix seconds.", reload_time),
+            _by_label(ERRORS, sorted(p.errors.counts), p.errors.counts),
+            BYTES_READ.of(t.bytes_read),
+            FILES_WATCHED.of(t.files_watched),
+            FILES_OPEN.of(t.files_open),
+            RUNS.of(len(p.registry.runs)),
+            ROTATIONS.of(t.rotations),
+            TRUNCATIONS.of(t.truncations),
+            READ_ERRORS.of(t.read_errors),
+            UNREADABLE.of(t.files_unreadable),
+            LAST_READ.of(t.last_read_time),
+            _by_label(SERIES_DROPPED, DROP_REASONS, budget.dropped),
+            SERIES.of(budget.total),
+            _by_label(RUNS_EXPIRED, EXPIRY_REASONS, p.registry.expired),
+            RELOAD_OK.of(1.0 if reload_ok else 0.0),
+            RELOAD_TIME.of(reload_time),
         ]
 
 
-def _by_label(fam: CounterMetricFamily, reasons: Iterable[str], counts: Mapping[str, int]) -> CounterMetricFamily:
-    for r in reasons:
-        fam.add_metric([r], counts.get(r, 0))
+def _by_label(spec: Family, values: Iterable[str], counts: Mapping[str, int]) -> Metric:
+    fam = spec.empty()
+    for v in values:
+        spec.add(fam, counts.get(v, 0), v)
     return fam
