@@ -16,9 +16,10 @@ from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
 from exporter.detect import DetectorConfig, Finding, analysis_of, make_observers, nv_dict
+from exporter.events import Chunk
 from exporter.identity import identify_default
 from exporter.state import RunRegistry, RunState
-from exporter.tail import Chunk, read_stream
+from exporter.tail import read_stream
 
 SCHEMA = "caffe-exporter.diagnose/1"
 
