@@ -1,19 +1,21 @@
 """When to read: :func:`follow` polls a Tailer on watchfiles wake-ups and on a timer; the Tailer decides
-what changed. Its clock and its watcher are parameters, so its timing is tested without sleeping."""
+what changed. Its clock and its watcher are parameters, so its timing is tested without sleeping.
+
+watchfiles (and its Rust notifier) is imported when :func:`follow` runs, not with the package: a stage
+that only reads a pipe (``diagnose``) or needs a :class:`Chunk` does not load it.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Protocol
-
-import watchfiles
 
 from exporter.events import Chunk
 
-Watch = Callable[..., Iterable[set[tuple[watchfiles.Change, str]]]]
-"""``watchfiles.watch``'s shape: yields a set of changes per wake-up (empty on a ``rust_timeout`` tick)."""
+Watch = Callable[..., Iterable[Collection[tuple[object, str]]]]
+"""``watchfiles.watch``'s shape: yields a set of (change, path) per wake-up (empty on a ``rust_timeout`` tick)."""
 
 
 class Pollable(Protocol):
@@ -61,7 +63,7 @@ def follow(
     force_polling: bool = False,
     poll_interval: float = 1.0,
     monotonic: Callable[[], float] = time.monotonic,
-    watch: Watch = watchfiles.watch,
+    watch: Watch | None = None,
 ) -> None:
     """Block until ``stop`` is set, polling ``tailer`` and passing each chunk to ``on_chunk``.
 
@@ -70,7 +72,13 @@ def follow(
     that do not exist yet cannot be watched. The watcher is rebuilt when :meth:`Tailer.watch_roots`
     changes; if it cannot be built (no roots, inotify limits) plain timed polling is used.
     ``force_polling=False`` leaves the choice to watchfiles (``WATCHFILES_FORCE_POLLING``, WSL).
+    ``watch`` stands for ``watchfiles.watch`` (the default) and ``monotonic`` for the clock, in tests.
     """
+    if watch is None:
+        import watchfiles
+
+        watch = watchfiles.watch
+    watcher: Watch = watch
 
     def run() -> None:
         for chunk in tailer.poll():
@@ -90,7 +98,7 @@ def follow(
             continue
         try:
             schedule = Schedule(poll_interval, settle, monotonic())
-            for changes in watch(
+            for changes in watcher(
                 *roots,
                 watch_filter=None,
                 debounce=max(50, min(1600, interval_ms)),
