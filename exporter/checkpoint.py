@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from exporter.detect import Analysis, DetectorConfig, analysis_of
+from exporter.events import FilePosition
 from exporter.state import RunRegistry, RunState
-from exporter.tail import FilePosition
 
 log = logging.getLogger("caffe_exporter.checkpoint")
 VERSION = 1

@@ -16,10 +16,11 @@ from typing import Any, TextIO
 
 from exporter import config
 from exporter.detect import Analysis, Finding, analysis_of, make_observers, nv_dict
+from exporter.events import Chunk
 from exporter.identity import RunNamer
 from exporter.jsonvalue import optional_number as _num
 from exporter.state import RunRegistry, RunState
-from exporter.tail import Chunk, read_stream
+from exporter.tail import read_stream
 
 SCHEMA = "caffe-exporter.diagnose/1"
 

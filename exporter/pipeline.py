@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from exporter.errors import StageErrors, stage_of
+from exporter.events import Chunk, FilePosition
 from exporter.state import RunRegistry
-from exporter.tail import Chunk, FilePosition, TailStats
+from exporter.tail import TailStats
 
 log = logging.getLogger("caffe_exporter.pipeline")
 

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple, Protocol
 
 from exporter.events import (
     ChildBlob,
+    Chunk,
     DisplayIteration,
     Event,
     GlogHeader,
@@ -60,7 +61,6 @@ from exporter.parse import (
     split_key,
     split_update_key,
 )
-from exporter.tail import Chunk
 
 try:
     from exporter import _scan as _accel

@@ -18,13 +18,20 @@ PACKAGE = Path(__file__).parent.parent / "exporter"
 # package root `exporter` only gives __version__)
 ALLOWED: dict[str, set[str]] = {
     "events": set(),
-    "tail": set(),
+    "tail": {"events", "tail.discover", "tail.follow", "tail.lines", "tail.resume", "tail.stats", "tail.tailer"},
+    "tail.stats": set(),
+    "tail.lines": {"events", "tail.stats"},
+    "tail.discover": set(),
+    "tail.resume": {"events"},
+    "tail.files": {"events", "tail.lines", "tail.resume", "tail.stats"},
+    "tail.tailer": {"events", "tail.discover", "tail.files", "tail.resume", "tail.stats"},
+    "tail.follow": {"events"},
     "identity": set(),
     "parse": {"events"},
-    "state": {"events", "parse", "tail", "_scan"},  # _scan: the optional C accelerator of its hot loop
+    "state": {"events", "parse", "_scan"},  # _scan: the optional C accelerator of its hot loop
     "detect": {"jsonvalue", "parse", "state"},
     "errors": set(),  # used by the wiring stages (pipeline, daemon) only
-    "pipeline": {"errors", "state", "tail"},
+    "pipeline": {"errors", "events", "state", "tail"},
     "collectors": set(),
     "collectors.family": set(),  # a family declared once: name, type, HELP, labels
     "collectors.runs": {"collectors.family", "state"},
@@ -36,14 +43,15 @@ ALLOWED: dict[str, set[str]] = {
     "config": {"detect", "identity", "lifecycle", "state"},
     "lifecycle": {"state"},
     "jsonvalue": set(),
-    "diagnose": {"config", "detect", "identity", "jsonvalue", "state", "tail"},
+    "diagnose": {"config", "detect", "events", "identity", "jsonvalue", "state", "tail"},
     "demo": {"config", "identity"},
-    "checkpoint": {"detect", "state", "tail"},
+    "checkpoint": {"detect", "events", "state"},
 }
 WIRING = {"cli", "daemon"}  # the modules that wire every stage together
 
 
 def _module_name(path: Path, root: Path = PACKAGE) -> str:
+    """``tail/files.py`` is ``tail.files``; a package's ``__init__.py`` is the package (``tail``)."""
     rel = path.relative_to(root).with_suffix("")
     parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
     return ".".join(parts)
@@ -110,6 +118,14 @@ def violations(source: str, module: str, root: Path = PACKAGE, is_package: bool 
 
 MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p.parent != PACKAGE or p.name not in ("__init__.py",
                                                                                             "__main__.py"))
+
+
+def test_the_tail_package_imports_only_the_shared_records() -> None:
+    """The tailer is the first stage: besides its own modules, it needs only ``exporter.events``."""
+    outside = {m for p in (PACKAGE / "tail").glob("*.py")
+               for m in _imports(p.read_text(), _module_name(p), PACKAGE, p.name == "__init__.py")
+               if not m.startswith("tail")}
+    assert outside == {"events"}
 
 
 @pytest.mark.parametrize("path", MODULES, ids=_module_name)

@@ -1,4 +1,4 @@
-"""Tests for exporter/tail.py, one file per filesystem scenario; shared helpers live here."""
+"""Tests for exporter/tail/ (the tailer package), one file per filesystem scenario; shared helpers live here."""
 
 from __future__ import annotations
 

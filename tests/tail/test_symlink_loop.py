@@ -86,7 +86,7 @@ def test_glob_matches_the_standard_glob_without_symlinks(tmp_path: Path) -> None
     """Same results as glob.glob(recursive=True) on a plain tree (hidden names, character classes)."""
     import glob
 
-    from exporter.tail import _glob
+    from exporter.tail.discover import glob_paths
 
     for rel in ["a/caffe.log", "a/b/c/train.log", "a/.hidden/x.log", ".top/y.log", "a/b/caffe.log.1",
                 "z.log", "a/b/c/d/e/f.txt", "q/[x].log"]:
@@ -97,11 +97,11 @@ def test_glob_matches_the_standard_glob_without_symlinks(tmp_path: Path) -> None
                 "**/c/*", "a/*/c/**/*.txt", "q/*.log", "nothere/**/x.log"]
     for pat in patterns:
         full = str(tmp_path / pat)
-        assert sorted(_glob(full)) == sorted(glob.glob(full, recursive=True)), pat
+        assert sorted(glob_paths(full)) == sorted(glob.glob(full, recursive=True)), pat
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
-        relative = {pat: (sorted(_glob(pat)), sorted(glob.glob(pat, recursive=True))) for pat in patterns}
+        relative = {pat: (sorted(glob_paths(pat)), sorted(glob.glob(pat, recursive=True))) for pat in patterns}
     finally:
         os.chdir(cwd)
     for pat, (ours, theirs) in relative.items():
@@ -109,9 +109,9 @@ def test_glob_matches_the_standard_glob_without_symlinks(tmp_path: Path) -> None
 
 
 def test_a_directory_reached_through_a_symlink_keeps_its_real_path(tmp_path: Path) -> None:
-    from exporter.tail import _glob
+    from exporter.tail.discover import glob_paths
 
     (tmp_path / "zreal" / "run").mkdir(parents=True)
     (tmp_path / "zreal" / "run" / "caffe.log").write_bytes(b"x\n")
     os.symlink(tmp_path / "zreal", tmp_path / "alias")  # sorts first, still not the path used
-    assert _glob(str(tmp_path / "**" / "caffe.log")) == [str(tmp_path / "zreal" / "run" / "caffe.log")]
+    assert glob_paths(str(tmp_path / "**" / "caffe.log")) == [str(tmp_path / "zreal" / "run" / "caffe.log")]
