@@ -15,7 +15,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
-from exporter.detect import DetectorConfig, Finding, analysis_of, make_observers, nv_dict
+from exporter.detectors import DetectorConfig, Finding, analysis_of, make_observers, nv_dict
 from exporter.identity import identify_default
 from exporter.state import RunRegistry, RunState
 from exporter.tail import Chunk, read_stream

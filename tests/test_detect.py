@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from exporter.detect import (
+from exporter.detectors import (
     Analysis,
     DetectorConfig,
     ExplodingConfig,
