@@ -39,7 +39,7 @@ from exporter.state import Block, BlockObserver, RunState
 __all__ = [
     "DETECTORS", "FORMAT", "ORDER_FIELDS", "SATURATED_LOSS", "SUPPRESSIONS", "TYPES", "Analysis", "DeadConfig",
     "Detector", "DetectorConfig", "ExplodingConfig", "Finding", "Hit", "LossSaturatedConfig", "LossSpikeConfig",
-    "NanLossConfig", "NonfiniteConfig", "Scope", "Settings", "Suppression", "VanishingConfig",
+    "NanLossConfig", "NonfiniteConfig", "Scope", "Settings", "Suppression", "VanishingConfig", "View",
     "ZeroGradientConfig", "analysis_of", "make_observers", "nv_dict",
 ]
 

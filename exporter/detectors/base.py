@@ -116,6 +116,7 @@ class Detector(Protocol):
 
     def restart(self) -> None:
         """The iteration went back (a new solver run in the same log): trailing state starts over."""
+        return None  # (a body: a detector without trailing state need not define it)
 
     def to_dict(self) -> dict[str, Any]:
         """Its own state for a checkpoint (JSON-ready; floats may be NaN/inf)."""
@@ -123,6 +124,7 @@ class Detector(Protocol):
 
     def load(self, d: Mapping[str, Any]) -> None:
         """Take back the state of `to_dict()`."""
+        return None
 
 
 class StreakDetector(Detector):
