@@ -157,6 +157,8 @@ class Analysis:
         self._advice = {d.name: d.ADVICE for d in detectors}
         self.tracker = Tracker(self.types, self._config.max_findings_per_type)
         self.history = History(max(d.window() for d in self.detectors) if self.detectors else 0)
+        self._plans: dict[tuple[bool, bool], list[Detector]] = {}
+        self._schedule()
         # solver summary (the report's)
         self.first_iteration: int | None = None
         self.first_loss: float | None = None
@@ -173,6 +175,14 @@ class Analysis:
         for d in self.detectors:
             d.config = config.of(type(d))
         self.tracker.max_findings = config.max_findings_per_type
+        self._schedule()
+
+    def _schedule(self) -> None:
+        """Which enabled detectors run on a display line (with a debug block?, with non-finite values?), in
+        list order: decided once per configuration, not per line."""
+        self._plans = {(debug, nonfinite): [d for d in self.detectors
+                                            if d.config.enabled and d.scope.covers(debug, nonfinite)]
+                       for debug in (False, True) for nonfinite in (False, True)}
 
     def observe(self, block: Block) -> None:
         it = block.iteration
@@ -184,8 +194,7 @@ class Analysis:
         self.last_iteration = it
         open_ = self.tracker.open
         view = View.of(block, history, open_)
-        hits = {d.name: d.observe(block, view) for d in self.detectors
-                if d.config.enabled and view.evaluates(d.scope, block)}
+        hits = {d.name: d.observe(block, view) for d in self._plans[view.debug, bool(block.nonfinite)]}
         for rule in self.suppressions:
             if hits.get(rule.target) is not None and rule.applies(hits, open_):
                 hits[rule.target] = None

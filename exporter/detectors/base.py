@@ -29,6 +29,10 @@ class Scope(Enum):
     DEBUG = "display lines with a debug_info block"
     DEBUG_OR_NONFINITE = "display lines with a debug_info block or a non-finite value"
 
+    def covers(self, debug: bool, nonfinite: bool) -> bool:
+        """Whether a display line with (or without) a debug block and non-finite values is in this scope."""
+        return self is Scope.DISPLAY or debug or (self is Scope.DEBUG_OR_NONFINITE and nonfinite)
+
 
 class View(NamedTuple):
     """What every detector may read at one display block besides the block itself."""
@@ -43,11 +47,6 @@ class View(NamedTuple):
         run = block.run
         debug = block.debug_lines > 0 and bool(run.backward or run.forward["train"])
         return cls(debug, finite(run.backward.values()) if debug else [], history, open)
-
-    def evaluates(self, scope: Scope, block: Block) -> bool:
-        if scope is Scope.DISPLAY:
-            return True
-        return self.debug or (scope is Scope.DEBUG_OR_NONFINITE and bool(block.nonfinite))
 
 
 class Hit:
