@@ -97,6 +97,10 @@ class DetectorConfig:
     def __hash__(self) -> int:
         return hash((tuple(self._sections.values()), self.max_findings_per_type))
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Copies and pickles are rebuilt through the constructor (attributes cannot be set one by one)."""
+        return _rebuild, (self.max_findings_per_type, dict(self._sections))
+
     def __repr__(self) -> str:
         inner = ", ".join(f"{n}={s!r}" for n, s in self._sections.items())
         return f"DetectorConfig({inner}, max_findings_per_type={self.max_findings_per_type})"
@@ -143,6 +147,10 @@ class DetectorConfig:
         """From `to_dict()` (saved in checkpoints); detectors it does not name get their defaults."""
         sections = {det.name: det.Config(**d[det.name]) for det in DETECTORS if det.name in d}
         return cls(d.get("max_findings_per_type", _MAX_FINDINGS[1]), **sections)
+
+
+def _rebuild(max_findings_per_type: int, sections: dict[str, Settings]) -> DetectorConfig:
+    return DetectorConfig(max_findings_per_type, **sections)
 
 
 class Analysis:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 from dataclasses import dataclass
 
 import pytest
@@ -77,6 +79,12 @@ def test_constructed_overrides_compare_and_hash_by_value() -> None:
         DetectorConfig(exploding=LossSpikeConfig())
     with pytest.raises(AttributeError):
         a.max_findings_per_type = 3
+
+
+def test_copies_and_pickles_are_equal() -> None:
+    cfg = DetectorConfig.from_mapping({"dead": {"iterations": 5}, "max_findings_per_type": 2})
+    for back in (copy.copy(cfg), copy.deepcopy(cfg), pickle.loads(pickle.dumps(cfg))):
+        assert back == cfg and back.dead.iterations == 5 and back.max_findings_per_type == 2
 
 
 def test_to_dict_and_back() -> None:
