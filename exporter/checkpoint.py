@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from exporter.detect import Analysis, DetectorConfig, analysis_of
+from exporter.detectors import Analysis, DetectorConfig, analysis_of
 from exporter.events import FilePosition
 from exporter.state import RunRegistry, RunState
 

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from exporter.detect import DetectorConfig
+from exporter.detectors import DetectorConfig
 from exporter.identity import SourceRule, check_label_name
 from exporter.lifecycle import LifecycleConfig, parse_duration
 from exporter.state import Limits

@@ -25,7 +25,7 @@ from exporter import __version__, checkpoint, config
 from exporter.collectors.http import FAMILIES as HTTP_FAMILIES
 from exporter.collectors.http import HttpCollector
 from exporter.collectors.scrape import ScrapeCollector
-from exporter.detect import analysis_of, make_observers
+from exporter.detectors import analysis_of, make_observers
 from exporter.errors import StageErrors
 from exporter.identity import RunNamer
 from exporter.lifecycle import Lifecycle

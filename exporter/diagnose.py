@@ -1,7 +1,7 @@
 """`caffe-exporter diagnose LOG... [--json]`: where did training go wrong, from the log alone.
 
 The logs are streamed through the same run state and detectors as the daemon (`exporter.state`,
-`exporter.detect`), so the report and the `caffe_anomaly` metrics agree; memory is constant per run.
+`exporter.detectors`), so the report and the `caffe_anomaly` metrics agree; memory is constant per run.
 Exit code: 0 healthy, 1 something was found, 2 a file could not be read or holds no Caffe log.
 The `--json` schema is documented in docs/detectors.md.
 """
@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
 from exporter import config
-from exporter.detect import Analysis, Finding, analysis_of, make_observers, nv_dict
+from exporter.detectors import Analysis, Finding, analysis_of, make_observers, nv_dict
 from exporter.events import Chunk
 from exporter.identity import RunNamer
 from exporter.jsonvalue import optional_number as _num

@@ -13,7 +13,7 @@ from types import TracebackType
 
 STAGES = ("tail", "parse", "state", "detect", "checkpoint", "collect")
 _MODULE_STAGE = {"exporter.parse": "parse", "exporter.events": "parse", "exporter.state": "state",
-                 "exporter.detect": "detect", "exporter.checkpoint": "checkpoint", "exporter.tail": "tail"}
+                 "exporter.detectors": "detect", "exporter.checkpoint": "checkpoint", "exporter.tail": "tail"}
 
 log = logging.getLogger("caffe_exporter.errors")
 
@@ -23,7 +23,8 @@ def stage_of(exc: BaseException, default: str) -> str:
     stage = default
     tb: TracebackType | None = exc.__traceback__
     while tb is not None:
-        stage = _MODULE_STAGE.get(tb.tb_frame.f_globals.get("__name__", ""), stage)
+        name = tb.tb_frame.f_globals.get("__name__", "")  # a module, or one of a package's (exporter.detectors)
+        stage = _MODULE_STAGE.get(name, _MODULE_STAGE.get(name.rpartition(".")[0], stage))
         tb = tb.tb_next
     return stage
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from exporter.collectors.anomalies import AnomalyCollector
-from exporter.detect import TYPES, metric_tuples
+from exporter.collectors.anomalies import AnomalyCollector, metric_tuples
+from exporter.detectors import TYPES
 from exporter.diagnose import diagnose
 from exporter.state import RunRegistry
 from exporter.tail import read_stream
@@ -24,7 +24,7 @@ def log_of(run: str) -> Path:
 
 
 def fed_registry(path: Path, labels: dict[str, str] | None = None) -> RunRegistry:
-    from exporter.detect import make_observers
+    from exporter.detectors import make_observers
 
     reg = RunRegistry(identify=lambda p: ("r", dict(labels or {})), make_observers=make_observers())
     with open(path, "rb") as f:

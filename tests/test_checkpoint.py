@@ -13,7 +13,7 @@ from prometheus_client import generate_latest
 
 from exporter import checkpoint, config
 from exporter.daemon import build
-from exporter.detect import DetectorConfig, analysis_of, make_observers
+from exporter.detectors import DetectorConfig, analysis_of, make_observers
 from exporter.identity import RunNamer, SourceRule
 from exporter.state import RunRegistry
 from exporter.tail import Chunk, FilePosition

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from exporter import checkpoint, config
 from exporter.daemon import build, restore
-from exporter.detect import DetectorConfig, make_observers
+from exporter.detectors import DetectorConfig, make_observers
 from exporter.identity import RunNamer, SourceRule
 from exporter.state import RunRegistry, RunState
 from exporter.tail import Chunk, FilePosition

@@ -1,4 +1,4 @@
-"""Imports go one way through the pipeline: tail -> parse -> state -> detect -> collectors -> serve; cli wires.
+"""Imports go one way through the pipeline: tail -> parse -> state -> detectors -> collectors -> serve; cli wires.
 
 Read from the modules' ASTs (absolute and relative imports alike), so a new import that breaks the layering
 fails here, not in review. A module inside a package (exporter/state/run.py = `state.run`) may import what its
@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).parent.parent / "exporter"
+# every other module of exporter/detectors is one detector: it may not import another detector
+DETECTOR_MODULES = {f"detectors.{p.stem}" for p in (PACKAGE / "detectors").glob("*.py")
+                    if p.stem not in ("__init__", "base", "history", "schema", "tracker")}
 
 # module or package -> the exporter modules/packages it may import (importing a package allows its modules; the
 # package root `exporter` only gives __version__)
@@ -29,23 +32,31 @@ ALLOWED: dict[str, set[str]] = {
     "identity": set(),
     "parse": {"events"},
     "state": {"events", "parse", "_scan"},  # _scan: the optional C accelerator of its hot loop
-    "detect": {"jsonvalue", "parse", "state"},
+    # the detectors: one module each (below), sharing only base/history/schema; the package lists them
+    "detectors": {"detectors.base", "detectors.history", "detectors.schema", "detectors.tracker", "state",
+                  *DETECTOR_MODULES},
+    "detectors.schema": set(),
+    "detectors.history": {"state"},
+    "detectors.base": {"detectors.history", "detectors.schema", "jsonvalue", "parse", "state"},
+    "detectors.tracker": {"detectors.base"},
+    **{m: {"detectors.base", "detectors.history", "detectors.schema", "events", "parse", "state"}
+       for m in DETECTOR_MODULES},
     "errors": set(),  # used by the wiring stages (pipeline, daemon) only
     "pipeline": {"errors", "events", "state", "tail"},
     "collectors": set(),
     "collectors.family": set(),  # a family declared once: name, type, HELP, labels
     "collectors.runs": {"collectors.family", "state"},
     "collectors.http": {"collectors.family"},
-    "collectors.anomalies": {"detect", "state"},
+    "collectors.anomalies": {"detectors", "state"},
     "collectors.selfmetrics": {"collectors.family", "exporter", "pipeline"},
     "collectors.scrape": {"collectors.runs", "collectors.anomalies", "collectors.selfmetrics", "pipeline"},
     "serve": {"exporter"},
-    "config": {"detect", "identity", "lifecycle", "state"},
+    "config": {"detectors", "identity", "lifecycle", "state"},
     "lifecycle": {"state"},
     "jsonvalue": set(),
-    "diagnose": {"config", "detect", "events", "identity", "jsonvalue", "state", "tail"},
+    "diagnose": {"config", "detectors", "events", "identity", "jsonvalue", "state", "tail"},
     "demo": {"config", "identity"},
-    "checkpoint": {"detect", "events", "state"},
+    "checkpoint": {"detectors", "events", "state"},
 }
 WIRING = {"cli", "daemon"}  # the modules that wire every stage together
 

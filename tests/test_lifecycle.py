@@ -13,7 +13,7 @@ import pytest
 
 from exporter import checkpoint
 from exporter.config import ConfigError, from_mapping
-from exporter.detect import DetectorConfig, make_observers
+from exporter.detectors import DetectorConfig, make_observers
 from exporter.identity import RunNamer
 from exporter.lifecycle import Lifecycle, LifecycleConfig, parse_duration
 from exporter.state import RunRegistry

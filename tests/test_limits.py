@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter import checkpoint
 from exporter.collectors.runs import RunCollector
 from exporter.collectors.scrape import ScrapeCollector
-from exporter.detect import DetectorConfig
+from exporter.detectors import DetectorConfig
 from exporter.identity import RunNamer
 from exporter.pipeline import Pipeline
 from exporter.state import Limits, RunRegistry

@@ -73,7 +73,7 @@ def test_daemon_flags_exactly_the_types_diagnose_reports(scraped: tuple[str, dic
 
 def test_daemon_series_equal_the_in_process_analysis(scraped: tuple[str, dict[str, Any]]) -> None:
     """Every anomaly sample, value and label set, as the daemon serves it and as diagnose's code computes it."""
-    from exporter.detect import metric_tuples
+    from exporter.collectors.anomalies import metric_tuples
     from exporter.diagnose import read_runs  # the report's own reading of the files
 
     exposition, _ = scraped

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.collectors.scrape import ScrapeCollector
 from exporter.config import Config
 from exporter.daemon import build
-from exporter.detect import make_observers
+from exporter.detectors import make_observers
 from exporter.identity import RunNamer, SourceRule
 from exporter.pipeline import Pipeline
 from exporter.state import RunRegistry
