@@ -50,7 +50,9 @@ ALLOWED: dict[str, set[str]] = {
     "collectors.anomalies": {"detectors", "state"},
     "collectors.selfmetrics": {"collectors.family", "exporter", "pipeline"},
     "collectors.scrape": {"collectors.runs", "collectors.anomalies", "collectors.selfmetrics", "pipeline"},
-    "serve": {"exporter"},
+    "http1": set(),  # the protocol, pure
+    "httpserver": {"http1"},
+    "serve": {"exporter", "http1", "httpserver"},
     "config": {"detectors", "identity", "lifecycle", "state"},
     "lifecycle": {"state"},
     "jsonvalue": set(),
