@@ -82,18 +82,26 @@ def _source(item: Any, where: str) -> SourceRule:
     if not path:
         raise ConfigError(f"{where}.path: missing (a file, glob, directory or '-')")
     pattern = _get(item, "run_regex", where, lambda v: isinstance(v, str), "a regular expression string", "")
-    regex = None
-    if pattern:
-        try:
-            regex = re.compile(pattern)
-        except re.error as e:
-            raise ConfigError(f"{where}.run_regex: invalid regular expression: {e}") from None
-        for name in regex.groupindex:
-            try:
-                check_label_name(name, f"{where}.run_regex group")
-            except ValueError as e:
-                raise ConfigError(str(e)) from None
     labels: dict[str, Any] = _get(item, "labels", where, lambda v: isinstance(v, dict), "a mapping of label: value", {})
+    return SourceRule(path, _run_regex(pattern, where), _labels(labels, where))
+
+
+def _run_regex(pattern: str, where: str) -> re.Pattern[str] | None:
+    if not pattern:
+        return None
+    try:
+        regex = re.compile(pattern)
+    except re.error as e:
+        raise ConfigError(f"{where}.run_regex: invalid regular expression: {e}") from None
+    for name in regex.groupindex:
+        try:
+            check_label_name(name, f"{where}.run_regex group")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    return regex
+
+
+def _labels(labels: Mapping[Any, Any], where: str) -> dict[str, str]:
     for k, v in labels.items():
         try:
             check_label_name(str(k), f"{where}.labels")
@@ -101,7 +109,33 @@ def _source(item: Any, where: str) -> SourceRule:
             raise ConfigError(str(e)) from None
         if not isinstance(v, str | int | float) or isinstance(v, bool):
             raise ConfigError(f"{where}.labels.{k}: expected a string, got {v!r}")
-    return SourceRule(path, regex, {str(k): str(v) for k, v in labels.items()})
+    return {str(k): str(v) for k, v in labels.items()}
+
+
+def _seconds(low: float, high: float | None = None, low_ok: bool = False) -> Callable[[Any], bool]:
+    def check(v: Any) -> bool:
+        if not isinstance(v, int | float) or isinstance(v, bool):
+            return False
+        return (v >= low if low_ok else v > low) and (high is None or v <= high)
+    return check
+
+
+# the plain top-level settings: key -> (check, what the error says is expected); defaults are Config's
+_SCALARS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "listen": (lambda v: isinstance(v, str), "HOST:PORT"),
+    "start_at": (lambda v: v in ("beginning", "end"), "'beginning' or 'end'"),
+    "poll": (lambda v: isinstance(v, bool), "true or false"),
+    "poll_interval": (_seconds(0, 3600), "a number of seconds in (0, 3600]"),
+    "max_line_bytes": (lambda v: _is_int(v) and v >= 1024, "an integer >= 1024"),
+    "read_bytes": (lambda v: _is_int(v) and v >= 4096, "an integer >= 4096"),
+    "max_open_files": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "idle_close": (_seconds(0), "a positive number of seconds"),
+    "rotate_wait": (_seconds(0, low_ok=True), "a number of seconds >= 0"),
+    "checkpoint_file": (lambda v: isinstance(v, str), "a file path string"),
+    "checkpoint_interval": (_seconds(0), "a positive number of seconds"),
+}
+_FLOATS = {"poll_interval", "idle_close", "rotate_wait", "checkpoint_interval"}
+_SECTIONS = {"sources", "limits", "runs", "detectors"}
 
 
 def from_mapping(data: Any, where: str) -> Config:
@@ -110,44 +144,31 @@ def from_mapping(data: Any, where: str) -> Config:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping of settings at the top level, got {type(data).__name__}")
-    known = {"listen", "sources", "start_at", "poll", "poll_interval", "max_line_bytes", "read_bytes", "limits",
-             "checkpoint_file", "checkpoint_interval", "detectors", "runs", "max_open_files", "idle_close",
-             "rotate_wait"}
+    known = set(_SCALARS) | _SECTIONS
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
     w = where + ":"
-    listen = _get(data, "listen", w, lambda v: isinstance(v, str), "HOST:PORT", DEFAULT_LISTEN)
-    parse_listen(listen, f"{where}: listen")
+    defaults = Config()
+    values: dict[str, Any] = {}
+    for key, (check, expected) in _SCALARS.items():
+        v = _get(data, key, w, check, expected, getattr(defaults, key))
+        values[key] = float(v) if key in _FLOATS else v
+    parse_listen(values["listen"], f"{where}: listen")
     raw_sources = _get(data, "sources", w, lambda v: isinstance(v, list) and len(v) > 0,
                        "a non-empty list of sources", None)
-    sources = (SourceRule("."),) if raw_sources is None else tuple(
-        _source(item, f"{where}: sources[{i}]") for i, item in enumerate(raw_sources))
-    start_at = _get(data, "start_at", w, lambda v: v in ("beginning", "end"), "'beginning' or 'end'", "beginning")
-    poll = _get(data, "poll", w, lambda v: isinstance(v, bool), "true or false", False)
-    interval = _get(data, "poll_interval", w, lambda v: isinstance(v, int | float) and not isinstance(v, bool)
-                    and 0 < v <= 3600, "a number of seconds in (0, 3600]", 1.0)
-    max_line = _get(data, "max_line_bytes", w, lambda v: _is_int(v) and v >= 1024, "an integer >= 1024", 1 << 20)
-    read_bytes = _get(data, "read_bytes", w, lambda v: _is_int(v) and v >= 4096, "an integer >= 4096", 4 << 20)
-    max_open = _get(data, "max_open_files", w, lambda v: _is_int(v) and v >= 1, "an integer >= 1", 256)
-    idle_close = _get(data, "idle_close", w, lambda v: isinstance(v, int | float) and not isinstance(v, bool)
-                      and v > 0, "a positive number of seconds", 30.0)
-    rotate_wait = _get(data, "rotate_wait", w, lambda v: isinstance(v, int | float) and not isinstance(v, bool)
-                       and v >= 0, "a number of seconds >= 0", 5.0)
-    limits = _limits(_get(data, "limits", w, lambda v: isinstance(v, dict), "a mapping", {}), f"{where}: limits")
-    runs = _lifecycle(_get(data, "runs", w, lambda v: isinstance(v, dict), "a mapping", {}), f"{where}: runs")
+    if raw_sources is not None:
+        values["sources"] = tuple(_source(item, f"{where}: sources[{i}]") for i, item in enumerate(raw_sources))
+    values["limits"] = _limits(_get(data, "limits", w, lambda v: isinstance(v, dict), "a mapping", {}),
+                               f"{where}: limits")
+    values["runs"] = _lifecycle(_get(data, "runs", w, lambda v: isinstance(v, dict), "a mapping", {}),
+                                f"{where}: runs")
     raw_detectors: dict[str, Any] = _get(data, "detectors", w, lambda v: isinstance(v, dict), "a mapping", {})
     try:
-        detectors = DetectorConfig.from_mapping(raw_detectors, where)
+        values["detectors"] = DetectorConfig.from_mapping(raw_detectors, where)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    checkpoint_file = _get(data, "checkpoint_file", w, lambda v: isinstance(v, str), "a file path string", "")
-    checkpoint_interval = _get(data, "checkpoint_interval", w, lambda v: isinstance(v, int | float)
-                               and not isinstance(v, bool) and v > 0, "a positive number of seconds", 30.0)
-    return Config(listen=listen, sources=sources, start_at=start_at, poll=poll, poll_interval=float(interval),
-                  max_line_bytes=max_line, read_bytes=read_bytes, max_open_files=max_open,
-                  idle_close=float(idle_close), rotate_wait=float(rotate_wait), checkpoint_file=checkpoint_file,
-                  checkpoint_interval=float(checkpoint_interval), detectors=detectors, limits=limits, runs=runs)
+    return Config(**values)
 
 
 def _limits(d: Mapping[str, Any], where: str) -> Limits:
