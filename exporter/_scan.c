@@ -1,15 +1,15 @@
-/* Optional accelerator for the hot loop of exporter/state.py (RunState.feed).
+/* Optional accelerator of the fast path (exporter/scan.py, used by exporter/state/feed.py).
  *
  * scan(text, pos, end, fwd, bwd, udata, udiff[, insert]) -> (stop, nfwd, nbwd, nupd)
  *
  * Reads the glog-prefixed lines of `text` from `pos` (a line start) and stores every plain per-layer value
- * line into the dicts exactly as the Python loop over parse.SCAN_GLOG does:
+ * line into the dicts, as floats, exactly as the Python loop over scan.SCAN_GLOG does:
  *
  *   ...]  [Forward] Layer KEY data: NUM      fwd[KEY] = NUM
  *   ...]  [Backward] Layer KEY diff: NUM     bwd[KEY] = NUM
  *   ...]  [Update] Layer KEY data: NUM; diff: NUM2   udata[KEY] = NUM, udiff[KEY] = NUM2
  *
- * (NUM = \d+(\.\d+)?(e[-+]\d+)?, KEY = the longest text before the last " data: "/" diff: ", the message
+ * (NUM = parse.PLAIN_NUMBER, \d+(\.\d+)?(e[-+]\d+)?, stored as float(NUM); KEY = the longest text before the last " data: "/" diff: ", the message
  * found after the first "]" followed by spaces). It returns at the first line that is anything else,
  * `stop` being its start (or `end`), and the Python code gives that line to the regex path, so the C code
  * never has to know any other line shape. Only 1-byte (Latin-1/ASCII) strings are scanned; for others it
@@ -70,6 +70,27 @@ starts(const Py_UCS1 *s, Py_ssize_t i, Py_ssize_t e, const char *lit, Py_ssize_t
     return e - i >= k && memcmp(s + i, lit, (size_t)k) == 0;
 }
 
+/* The float of s[va:vb], already checked to be PLAIN_NUMBER: read in place (the span ends at '\n', ';' or
+ * the string's terminating NUL, where the C conversion stops), exactly as float() reads it (both are
+ * correctly rounded); the substring's float() only if the conversion did not end where the span does. */
+static PyObject *
+number(PyObject *text, Py_ssize_t va, Py_ssize_t vb)
+{
+    const char *s = (const char *)PyUnicode_1BYTE_DATA(text);
+    char *endp = NULL;
+    double v = PyOS_string_to_double(s + va, &endp, NULL);
+    if (v == -1.0 && PyErr_Occurred())
+        PyErr_Clear();
+    else if (endp == s + vb)
+        return PyFloat_FromDouble(v);
+    PyObject *sub = PyUnicode_Substring(text, va, vb);
+    if (sub == NULL)
+        return NULL;
+    PyObject *f = PyFloat_FromString(sub);
+    Py_DECREF(sub);
+    return f;
+}
+
 /* 1 stored, 0 not stored (a new key while inserting is off), -1 Python error */
 static int
 store(PyObject *dict, PyObject *text, Py_ssize_t ka, Py_ssize_t kb, Py_ssize_t va, Py_ssize_t vb, int insert)
@@ -84,7 +105,7 @@ store(PyObject *dict, PyObject *text, Py_ssize_t ka, Py_ssize_t kb, Py_ssize_t v
             return known;
         }
     }
-    PyObject *value = PyUnicode_Substring(text, va, vb);
+    PyObject *value = number(text, va, vb);
     if (value == NULL) {
         Py_DECREF(key);
         return -1;
@@ -198,12 +219,12 @@ scan(PyObject *self, PyObject *args)
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS,
      "scan(text, pos, end, fwd, bwd, udata, udiff[, insert]) -> (stop, nfwd, nbwd, nupd): store plain "
-     "per-layer value lines from pos on; stop at the first other line (and, insert false, at a new key)."},
+     "per-layer value lines (as floats) from pos on; stop at the first other line (and, insert false, at a new key)."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "exporter._scan", "Optional C accelerator of RunState.feed's hot loop.", -1, methods,
+    PyModuleDef_HEAD_INIT, "exporter._scan", "Optional C accelerator of exporter/scan.py's fast path.", -1, methods,
 };
 
 PyMODINIT_FUNC

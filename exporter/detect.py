@@ -650,10 +650,10 @@ class Analysis:
         fwd = run.forward["train"]
         vals = fwd.values()
         dead: dict[str, float] = {}
-        if "0" in vals or 0.0 in vals:
+        if 0.0 in vals:
             types = run.layer_types
             for key, v in fwd.items():
-                if v != "0" and v != 0.0:
+                if v != 0.0:
                     continue
                 parts = split_key(key)
                 if parts is None or parts[1] != "top":

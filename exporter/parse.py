@@ -5,10 +5,9 @@ Two entry points share one set of patterns:
 * `parse_line(line)` turns any single line into a typed `ParsedLine` (or `None` for lines that carry no
   training state). It knows every shape of `docs/log-format.md`; the run state uses it for every line
   that is not a plain per-layer value.
-* `SCAN` / `SCAN_GLOG` find, in a chunk of complete lines, the lines worth looking at with one compiled regex.
-  Per-layer lines with a finite value (all but a handful of the lines of a debug_info log) come back as
-  raw groups so the hot loop in `state.py` needs no per-line Python parsing; every other interesting line
-  comes back as a position for `parse_line`. That split is what makes the exporter read >1M lines/s.
+* the pieces of grammar the fast path (exporter/scan.py) is built from: the number Caffe prints, the
+  per-layer line markers and where every message begins (`MESSAGE_STARTS`), so there is one grammar of
+  a log line, kept here.
 """
 
 from __future__ import annotations
@@ -98,6 +97,23 @@ def prefix_from_match(m: re.Match[str]) -> GlogPrefix:
                       int(hh) * 3600 + int(mm) * 60 + float(ss), tid)
 
 
+# --- the grammar the fast path shares ---------------------------------------------------------------
+# exporter/scan.py builds its patterns from these (and exporter/_scan.c mirrors PLAIN_NUMBER and the
+# layer markers); tests/test_scan_accel.py checks that every line the fast path stores reads the same here.
+
+PLAIN_NUMBER = r"\d+(?:\.\d+)?(?:e[-+]\d+)?"  # a finite value as iostream prints nearly all of them
+GLIBC_NONFINITE = r"[-+]?(?:nan|inf)"  # NaN/Inf as glibc prints them (after a divergence, every line)
+FORWARD_LAYER = r"\[Forward\] Layer "
+BACKWARD_LAYER = r"\[Backward\] Layer "
+UPDATE_LAYER = r"\[Update\] Layer "
+# Where every message that parse_message reads begins (after the glog prefix and tags): a line holding none
+# of them carries no state, so the scan never hands it to parse_line.
+MESSAGE_STARTS = (
+    r"\[(?:Forward|Backward|Update)\]", r"-> (?:top|bottom|param) blob ", r"Iteration \d", r"(?:Train|Test) net output",
+    r"Test score #", r"Test loss: ", r"Snapshotting ", r"Restoring previous", r"Resuming from ", r"Solving ",
+    r"Optimization ", r"Initializing net from", r"Log file created at: ",
+)
+
 # --- messages ---------------------------------------------------------------------------------------
 
 # NVCaffe 0.17 device tags (`[0] `, `(0) `) and the July-2014 `[debug_info] ` tag precede some messages.
@@ -112,8 +128,8 @@ _INPUT = re.compile(r"\[Forward\] Input (.+) data: " + _V)
 _NET_NORMS = re.compile(
     r"\[Backward\] All net params \(data, diff\): L1 norm = \((\S+), (\S+)\); L2 norm = \((\S+), (\S+)\)"
 )
-_UPDATE_SHARED = re.compile(r"\[Update\] Layer (.+?), param blob (.+) \(owned by layer .+, param .+\) diff: " + _V)
-_UPDATE = re.compile(r"\[Update\] Layer (.+?), param (.+) data: (\S+); diff: " + _V)
+_UPDATE_SHARED = re.compile(UPDATE_LAYER + r"(.+?), param blob (.+) \(owned by layer .+, param .+\) diff: " + _V)
+_UPDATE = re.compile(UPDATE_LAYER + r"(.+?), param (.+) data: (\S+); diff: " + _V)
 _HEADER16 = re.compile(r"\[(Forward|Backward)\] Layer (.+)")
 _CHILD16 = re.compile(r"-> (top|bottom|param) blob (.+?), count: \d+,? (?:data|diff): " + _V)
 _ITERATION = re.compile(r"Iteration (\d+)(?: \(([^)]*)\))?,(?: [\d.]+/[\d.]+ep,)? loss = " + _V)
@@ -213,29 +229,6 @@ def parse_line(line: str) -> ParsedLine | None:
     return None if event is None else ParsedLine(prefix, event)
 
 
-# --- the fast scan ------------------------------------------------------------------------------------
-
-_NUM = r"(\d+(?:\.\d+)?(?:e[-+]\d+)?)"
-_SCAN_BODY = (
-    # The hot path: per-layer lines with a plain finite number, all but a few lines of a debug_info log.
-    # The key ("conv1, top blob conv1") stays one string so the loop in state.py does one dict store;
-    # `split_key` takes it apart, once per distinct key. lastindex 2: Forward (key, data),
-    # 4: Backward (key, diff), 7: 2014-2015 Update (key, data, diff).
-    r"\[(?:Forward\] Layer (.+) data: " + _NUM + r"$|Backward\] Layer (.+) diff: " + _NUM
-    + r"$|Update\] Layer (.+) data: " + _NUM + r"; diff: " + _NUM + r"$)"
-    # lastindex 10: a per-layer NaN/Inf as glibc prints it (stage, key, value): after a divergence every
-    # line is one, so they skip parse_line too
-    + r"|\[(Forward|Backward)\] Layer (.+) (?:data|diff): ([-+]?(?:nan|inf))$"
-    # no group: anything else that may carry state, handed to parse_line
-    + r"|\[(?:Forward|Backward|Update)\]|-> (?:top|bottom|param) blob |Iteration \d|(?:Train|Test) net output"
-    r"|Test score #|Test loss: |Snapshotting |Restoring previous|Resuming from |Solving |Optimization "
-    r"|Initializing net from|Log file created at: "
-)
-SCAN = re.compile(_SCAN_BODY, re.M)
-# The same for chunks of glog-prefixed lines: every message follows "] ", a literal the regex engine can
-# search for, instead of trying each alternative at every character (25% faster on a debug_info log).
-# The one unprefixed line it cannot see, glog's file header, is read by state.py from the file start.
-SCAN_GLOG = re.compile(r"\] +(?:" + _SCAN_BODY + ")", re.M)
 _KEY = re.compile(r"(.+?), (top|bottom|param) blob (.+)")
 _UPDATE_KEY = re.compile(r"(.+?), param (.+)")
 
