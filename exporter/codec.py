@@ -55,60 +55,95 @@ def from_json(cls: type[T], data: Any) -> T:
     return decode(data, cls)  # type: ignore[no-any-return]
 
 
-def encode(value: Any, hint: Any) -> Any:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if value is None:
-        return None
-    if origin in (types.UnionType, typing.Union):
-        return encode(value, next(a for a in args if a is not type(None)))
-    if hint is float:
-        return float(value)
-    if dataclasses.is_dataclass(hint):
-        return to_json(value)
-    if _is_namedtuple(hint):
-        h = _hints(hint)
-        return [encode(getattr(value, f), h[f]) for f in hint._fields]
-    if origin in (dict, Counter):
-        kt, vt = args if origin is dict else (args[0], int)
-        if typing.get_origin(kt) is tuple:
-            return [[*k, encode(v, vt)] for k, v in value.items()]
-        return {k: encode(v, vt) for k, v in value.items()}
-    if origin is set:
-        return sorted(encode(v, args[0]) for v in value)
-    if origin is list or (origin is tuple and args[-1] is Ellipsis):
-        return [encode(v, args[0]) for v in value]
-    if origin is tuple:
-        return [encode(v, t) for v, t in zip(value, args, strict=True)]
-    return value
-
-
-def decode(data: Any, hint: Any) -> Any:
+@functools.cache
+def _kind(hint: Any) -> str:
+    """Which encoding a type annotation takes (cached: a run encodes the same few hints over and over)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (types.UnionType, typing.Union):
-        if data is None and type(None) in args:
-            return None
-        return decode(data, next(a for a in args if a is not type(None)))
+        return "optional"
     if hint in _SCALARS:
-        return _SCALARS[hint](data)
+        return "scalar"
     if dataclasses.is_dataclass(hint):
-        return _decode_dataclass(data, hint)  # type: ignore[arg-type]
-    if _is_namedtuple(hint):
-        h = _hints(hint)
-        return hint(*(decode(v, h[f]) for v, f in zip(_array(data), hint._fields, strict=True)))
+        return "dataclass"
+    if isinstance(hint, type) and issubclass(hint, tuple) and hasattr(hint, "_fields"):
+        return "namedtuple"
     if origin in (dict, Counter):
-        return _decode_mapping(data, origin, args)
-    if origin is set:
-        return {decode(v, args[0]) for v in _array(data)}
-    if origin is list or (origin is tuple and args[-1] is Ellipsis):
-        items = [decode(v, args[0]) for v in _array(data)]
-        return items if origin is list else tuple(items)
+        key = args[0]
+        return "rows" if typing.get_origin(key) is tuple else "object"
+    if origin is set or origin is list or (origin is tuple and args[-1] is Ellipsis):
+        return "array"
     if origin is tuple:
-        return tuple(decode(v, t) for v, t in zip(_array(data), args, strict=True))
+        return "tuple"
     raise TypeError(f"codec: no encoding for {hint!r}")
 
 
-def _decode_mapping(data: Any, origin: type, args: tuple[Any, ...]) -> dict[Any, Any]:
-    kt, vt = args if origin is dict else (args[0], int)
+def _item_types(hint: Any) -> tuple[Any, ...]:
+    args = typing.get_args(hint)
+    return (args[0], int) if typing.get_origin(hint) is Counter else args
+
+
+def encode(value: Any, hint: Any) -> Any:
+    """The JSON form of `value`, annotated `hint`."""
+    if value is None:
+        return None
+    return _ENCODE[_kind(hint)](value, hint)
+
+
+def decode(data: Any, hint: Any) -> Any:
+    """The value annotated `hint` from its JSON form; TypeError/ValueError if it has not that shape."""
+    return _DECODE[_kind(hint)](data, hint)
+
+
+def _optional(hint: Any) -> Any:
+    return next(a for a in typing.get_args(hint) if a is not type(None))
+
+
+def _encode_array(value: Any, hint: Any) -> list[Any]:
+    t = typing.get_args(hint)[0]
+    items = [encode(v, t) for v in value]
+    return sorted(items) if typing.get_origin(hint) is set else items
+
+
+def _decode_array(data: Any, hint: Any) -> Any:
+    items = [decode(v, typing.get_args(hint)[0]) for v in _array(data)]
+    return {"list": list, "set": set, "tuple": tuple}[typing.get_origin(hint).__name__](items)
+
+
+def _decode_optional(data: Any, hint: Any) -> Any:
+    if data is None and type(None) in typing.get_args(hint):
+        return None
+    return decode(data, _optional(hint))
+
+
+def _decode_namedtuple(data: Any, hint: Any) -> Any:
+    h = _hints(hint)
+    return hint(*(decode(v, h[f]) for v, f in zip(_array(data), hint._fields, strict=True)))
+
+
+_ENCODE: dict[str, Callable[[Any, Any], Any]] = {
+    "optional": lambda v, h: encode(v, _optional(h)),
+    "scalar": lambda v, h: float(v) if h is float else v,
+    "dataclass": lambda v, h: to_json(v),
+    "namedtuple": lambda v, h: [encode(getattr(v, f), _hints(h)[f]) for f in h._fields],
+    "object": lambda v, h: {k: encode(x, _item_types(h)[1]) for k, x in v.items()},
+    "rows": lambda v, h: [[*k, encode(x, _item_types(h)[1])] for k, x in v.items()],
+    "array": _encode_array,
+    "tuple": lambda v, h: [encode(x, t) for x, t in zip(v, typing.get_args(h), strict=True)],
+}
+_DECODE: dict[str, Callable[[Any, Any], Any]] = {
+    "optional": _decode_optional,
+    "scalar": lambda d, h: _SCALARS[h](d),
+    "dataclass": lambda d, h: _decode_dataclass(d, h),
+    "namedtuple": _decode_namedtuple,
+    "object": lambda d, h: _decode_mapping(d, h),
+    "rows": lambda d, h: _decode_mapping(d, h),
+    "array": _decode_array,
+    "tuple": lambda d, h: tuple(decode(x, t) for x, t in zip(_array(d), typing.get_args(h), strict=True)),
+}
+
+
+def _decode_mapping(data: Any, hint: Any) -> dict[Any, Any]:
+    kt, vt = _item_types(hint)
     if typing.get_origin(kt) is tuple:
         n = len(typing.get_args(kt))
         rows = [_array(r) for r in _array(data)]
@@ -118,7 +153,7 @@ def _decode_mapping(data: Any, origin: type, args: tuple[Any, ...]) -> dict[Any,
     else:
         items = data.items() if isinstance(data, Mapping) else [tuple(_array(r)) for r in _array(data)]
         pairs = [(decode(k, kt), decode(v, vt)) for k, v in items]
-    return Counter(dict(pairs)) if origin is Counter else dict(pairs)
+    return Counter(dict(pairs)) if typing.get_origin(hint) is Counter else dict(pairs)
 
 
 def _decode_dataclass(data: Any, cls: type) -> Any:
@@ -137,10 +172,6 @@ def _array(data: Any) -> list[Any]:
     if not isinstance(data, list):
         raise TypeError(f"codec: an array expected, got {type(data).__name__}")
     return data
-
-
-def _is_namedtuple(hint: Any) -> bool:
-    return isinstance(hint, type) and issubclass(hint, tuple) and hasattr(hint, "_fields")
 
 
 def _exact(kind: type) -> Callable[[Any], Any]:

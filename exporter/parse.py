@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+from collections.abc import Callable
 
 from exporter.events import (
     ChildBlob,
@@ -166,60 +167,61 @@ def parse_message(msg: str) -> Event | None:
 
 
 def _parse_body(body: str) -> Event | None:
-    head = body[:2]
-    if head == "[F" or head == "[B":
-        if m := _LAYER_BLOB.fullmatch(body):
-            return _layer_blob(m)
-        if m := _NET_NORMS.fullmatch(body):
-            return NetNorms(*(parse_value(v) for v in m.groups()))
-        if m := _INPUT.fullmatch(body):
-            return LayerBlob("forward", "input", "input", m[1], parse_value(m[2]))
-        if m := _HEADER16.fullmatch(body):
-            return LayerHeader(STAGES[m[1]], m[2])  # type: ignore[arg-type]
-        return None
-    if head == "[U":
-        if m := _UPDATE_SHARED.fullmatch(body):
-            return UpdateValue(m[1], m[2], None, parse_value(m[3]))
-        if m := _UPDATE.fullmatch(body):
-            return UpdateValue(m[1], m[2], parse_value(m[3]), parse_value(m[4]))
-        return None
-    if head == "->":
-        if m := _CHILD16.fullmatch(body):
-            return ChildBlob(m[1], m[2], parse_value(m[3]))  # type: ignore[arg-type]
-        return None
-    if head == "It":
-        if m := _ITERATION.fullmatch(body):
-            speed = None
-            if m[2] and (s := _SPEED.match(m[2])):
-                speed = parse_value(s[1])
-            return DisplayIteration(int(m[1]), parse_value(m[3]), speed)
-        if m := _LR.match(body):
-            return LearningRate(int(m[1]), parse_value(m[2]))
-        if m := _TESTING.fullmatch(body):
-            return TestingNet(int(m[1]), m[2] or "0")
-        return None
-    if head == "Tr" or head == "Te":
-        if m := _OUTPUT.fullmatch(body):
-            return NetOutput("train" if m[1] == "Train" else "test", int(m[2]), m[3], parse_value(m[4]))
-        if m := _TEST_SCORE.fullmatch(body):
-            return NetOutput("test", int(m[1]), f"score#{m[1]}", parse_value(m[2]))
-        if m := _TEST_LOSS.fullmatch(body):
-            return TestLoss(parse_value(m[1]))
-        return None
-    if m := _SNAPSHOT.fullmatch(body):
-        it = _ITER_IN_NAME.findall(m[1])
-        return Snapshot(m[1], int(it[-1]) if it else None)
-    if m := _RESTORE.fullmatch(body):
-        return Restore(m[1])
-    if m := _SOLVING.fullmatch(body):
-        return Solving(m[1])
-    if m := _DONE.match(body):
-        return OptimizationDone(early=m[1] != "Done")
-    if _NET_INIT.match(body):
-        return NetInitStart()
-    if m := _GLOG_HEADER.fullmatch(body):
-        return GlogHeader(int(m[1]), int(m[2]), int(m[3]), bool(m[4]))
+    # the first two characters pick the few shapes a message can have (a debug_info log is nearly all "[F"
+    # and "[B"); the first shape that matches is the event
+    for match, event in _SHAPES.get(body[:2], _OTHER_SHAPES):
+        if m := match(body):
+            return event(m)
     return None
+
+
+def _display(m: re.Match[str]) -> DisplayIteration:
+    s = _SPEED.match(m[2]) if m[2] else None
+    return DisplayIteration(int(m[1]), parse_value(m[3]), parse_value(s[1]) if s else None)
+
+
+def _snapshot(m: re.Match[str]) -> Snapshot:
+    it = _ITER_IN_NAME.findall(m[1])
+    return Snapshot(m[1], int(it[-1]) if it else None)
+
+
+_Shape = tuple[Callable[[str], "re.Match[str] | None"], Callable[["re.Match[str]"], Event]]
+_LAYER_SHAPES: tuple[_Shape, ...] = (
+    (_LAYER_BLOB.fullmatch, _layer_blob),
+    (_NET_NORMS.fullmatch, lambda m: NetNorms(*(parse_value(v) for v in m.groups()))),
+    (_INPUT.fullmatch, lambda m: LayerBlob("forward", "input", "input", m[1], parse_value(m[2]))),
+    (_HEADER16.fullmatch, lambda m: LayerHeader(STAGES[m[1]], m[2])),  # type: ignore[arg-type]
+)
+_OUTPUT_SHAPES: tuple[_Shape, ...] = (
+    (_OUTPUT.fullmatch, lambda m: NetOutput("train" if m[1] == "Train" else "test", int(m[2]), m[3],
+                                            parse_value(m[4]))),
+    (_TEST_SCORE.fullmatch, lambda m: NetOutput("test", int(m[1]), f"score#{m[1]}", parse_value(m[2]))),
+    (_TEST_LOSS.fullmatch, lambda m: TestLoss(parse_value(m[1]))),
+)
+_SHAPES: dict[str, tuple[_Shape, ...]] = {
+    "[F": _LAYER_SHAPES,
+    "[B": _LAYER_SHAPES,
+    "[U": (
+        (_UPDATE_SHARED.fullmatch, lambda m: UpdateValue(m[1], m[2], None, parse_value(m[3]))),
+        (_UPDATE.fullmatch, lambda m: UpdateValue(m[1], m[2], parse_value(m[3]), parse_value(m[4]))),
+    ),
+    "->": ((_CHILD16.fullmatch, lambda m: ChildBlob(m[1], m[2], parse_value(m[3]))),),  # type: ignore[arg-type]
+    "It": (
+        (_ITERATION.fullmatch, _display),
+        (_LR.match, lambda m: LearningRate(int(m[1]), parse_value(m[2]))),
+        (_TESTING.fullmatch, lambda m: TestingNet(int(m[1]), m[2] or "0")),
+    ),
+    "Tr": _OUTPUT_SHAPES,
+    "Te": _OUTPUT_SHAPES,
+}
+_OTHER_SHAPES: tuple[_Shape, ...] = (
+    (_SNAPSHOT.fullmatch, _snapshot),
+    (_RESTORE.fullmatch, lambda m: Restore(m[1])),
+    (_SOLVING.fullmatch, lambda m: Solving(m[1])),
+    (_DONE.match, lambda m: OptimizationDone(early=m[1] != "Done")),
+    (_NET_INIT.match, lambda m: NetInitStart()),
+    (_GLOG_HEADER.fullmatch, lambda m: GlogHeader(int(m[1]), int(m[2]), int(m[3]), bool(m[4]))),
+)
 
 
 def parse_line(line: str) -> ParsedLine | None:

@@ -24,7 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     # earlier stages (events, parse, scan, tail for Chunk) and the codec; nothing later
     "state.clock": {"events"},
     "state.records": {"events", "state.clock", "state.run"},
-    "state.limits": {"parse", "state.run"},
+    "state.limits": {"parse", "state.records", "state.run"},
     "state.feed": {"parse", "scan", "state", "state.clock", "state.records", "state.run", "tail"},
     "state.run": {"codec", "events", "parse", "scan", "state", "state.clock", "state.limits", "state.records",
                   "tail"},

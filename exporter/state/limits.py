@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from exporter.parse import layer_key, split_key, split_update_key
+from exporter.state.records import PHASES
 
 if TYPE_CHECKING:
     from exporter.state.run import RunState
@@ -134,3 +135,15 @@ def admit_counter(run: RunState, key: tuple[str, str, str, str]) -> bool:
         run.budget.dropped["layer_filter"] += 1
         return False
     return room(run, 1)
+
+
+def recount(run: RunState) -> None:
+    """Rebuild `run.series` and `run.layers` from the stored values (a run restored from a checkpoint)."""
+    run.layers = {p: set() for p in PHASES}
+    for phase in PHASES:
+        for layer, _, _, _ in run.blobs(phase, "forward"):
+            run.layers[phase].add(layer)
+    for layer, _, _, _ in run.blobs("train", "backward"):
+        run.layers["train"].add(layer)
+    run.series = (sum(len(d) for d in run.forward.values()) + len(run.backward) + len(run.update_data)
+                  + len(run.update_diff) + sum(len(x) for x in run.layers.values()) + len(run.nonfinite))

@@ -344,14 +344,7 @@ class RunState:
 
     def recount(self) -> None:
         """Rebuild `series` and `layers` from the stored values (a run restored from a checkpoint)."""
-        self.layers = {p: set() for p in PHASES}
-        for phase in PHASES:
-            for layer, _, _, _ in self.blobs(phase, "forward"):
-                self.layers[phase].add(layer)
-        for layer, _, _, _ in self.blobs("train", "backward"):
-            self.layers["train"].add(layer)
-        self.series = (sum(len(d) for d in self.forward.values()) + len(self.backward) + len(self.update_data)
-                       + len(self.update_diff) + sum(len(x) for x in self.layers.values()) + len(self.nonfinite))
+        limits.recount(self)
 
     # -- checkpointing -----------------------------------------------------------------------------
 
