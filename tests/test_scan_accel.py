@@ -249,6 +249,18 @@ def test_the_c_scanner_stores_exactly_the_numbers_of_the_grammar(token: str) -> 
     assert fwd == ({"a, top blob b": float(token)} if plain else {})
 
 
+@needs_c
+@settings(max_examples=300, deadline=None)
+@given(st.floats(min_value=0.0, max_value=1e300, allow_nan=False, allow_infinity=False),
+       st.sampled_from(["{:g}", "{!r}", "{:.17g}", "{:.3e}"]))
+def test_the_c_scanner_reads_a_printed_float_as_float_does(x: float, spelling: str) -> None:
+    """Caffe's 6 significant digits take the exact fast path in C; longer ones Python's conversion."""
+    token = spelling.format(x)
+    (_, nf, _, _), (fwd, _, _, _) = _c_scan([PREFIX + f"[Forward] Layer a, top blob b data: {token}"])
+    if re.fullmatch(PLAIN_NUMBER, token):
+        assert nf == 1 and fwd["a, top blob b"] == float(token), token
+
+
 def _lines(text: str) -> Iterator[str]:
     yield from text.splitlines()
 
