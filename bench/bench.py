@@ -67,10 +67,10 @@ def child_exporter(log: str, out: str, report: str, profile: str | None, read_by
 
     from prometheus_client import generate_latest
 
-    from exporter import config, daemon, state
+    from exporter import config, daemon, scan
 
     if pure_python:  # measure the fallback used where exporter/_scan.c could not be compiled
-        state._accel = None  # type: ignore[attr-defined,assignment]  # its private switch, on purpose
+        scan.C_SCANNER = None
     from exporter.identity import SourceRule
     from exporter.tail import Tailer
 

@@ -1,15 +1,15 @@
-/* Optional accelerator for the hot loop of exporter/state.py (RunState.feed).
+/* Optional accelerator of the fast path (exporter/scan.py, used by exporter/state/feed.py).
  *
  * scan(text, pos, end, fwd, bwd, udata, udiff[, insert]) -> (stop, nfwd, nbwd, nupd)
  *
  * Reads the glog-prefixed lines of `text` from `pos` (a line start) and stores every plain per-layer value
- * line into the dicts exactly as the Python loop over parse.SCAN_GLOG does:
+ * line into the dicts, as floats, exactly as the Python loop over scan.SCAN_GLOG does:
  *
  *   ...]  [Forward] Layer KEY data: NUM      fwd[KEY] = NUM
  *   ...]  [Backward] Layer KEY diff: NUM     bwd[KEY] = NUM
  *   ...]  [Update] Layer KEY data: NUM; diff: NUM2   udata[KEY] = NUM, udiff[KEY] = NUM2
  *
- * (NUM = \d+(\.\d+)?(e[-+]\d+)?, KEY = the longest text before the last " data: "/" diff: ", the message
+ * (NUM = parse.PLAIN_NUMBER, \d+(\.\d+)?(e[-+]\d+)?, stored as float(NUM); KEY = the longest text before the last " data: "/" diff: ", the message
  * found after the first "]" followed by spaces). It returns at the first line that is anything else,
  * `stop` being its start (or `end`), and the Python code gives that line to the regex path, so the C code
  * never has to know any other line shape. Only 1-byte (Latin-1/ASCII) strings are scanned; for others it
@@ -70,6 +70,57 @@ starts(const Py_UCS1 *s, Py_ssize_t i, Py_ssize_t e, const char *lit, Py_ssize_t
     return e - i >= k && memcmp(s + i, lit, (size_t)k) == 0;
 }
 
+/* Exact powers of ten: every one up to 1e22 is a double. */
+static const double POW10[] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14,
+                               1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+#define MAX_EXACT (1ULL << 53)
+
+/* s[0:n], a PLAIN_NUMBER, as a double when that takes one IEEE operation on exact operands (Clinger's fast
+ * path: digits < 2^53 and a power of ten up to 1e22, so the one rounding is the correct one, the same
+ * double float() gives); 0 if the number needs the general conversion. Caffe's 6 significant digits
+ * always fit. */
+static int
+exact_double(const Py_UCS1 *s, Py_ssize_t n, double *out)
+{
+    unsigned long long mant = 0;
+    int exp10 = 0;
+    Py_ssize_t i = 0;
+    for (; i < n && IS_DIGIT(s[i]); i++)
+        if ((mant = mant * 10 + (unsigned)(s[i] - '0')) > MAX_EXACT)
+            return 0;
+    if (i < n && s[i] == '.')
+        for (i++; i < n && IS_DIGIT(s[i]); i++, exp10--)
+            if ((mant = mant * 10 + (unsigned)(s[i] - '0')) > MAX_EXACT)
+                return 0;
+    if (i < n && s[i] == 'e') {
+        int sign = s[i + 1] == '-' ? -1 : 1, e = 0;
+        for (i += 2; i < n && IS_DIGIT(s[i]); i++)
+            if ((e = e * 10 + (s[i] - '0')) > 400)
+                return 0;
+        exp10 += sign * e;
+    }
+    if (exp10 < -22 || exp10 > 22)
+        return 0;
+    *out = exp10 < 0 ? (double)mant / POW10[-exp10] : (double)mant * POW10[exp10];
+    return 1;
+}
+
+/* The float of s[va:vb], already checked to be PLAIN_NUMBER, exactly as float() reads it: the exact fast
+ * path, else Python's own (correctly rounded) conversion of the substring. */
+static PyObject *
+number(PyObject *text, Py_ssize_t va, Py_ssize_t vb)
+{
+    double v;
+    if (exact_double(PyUnicode_1BYTE_DATA(text) + va, vb - va, &v))
+        return PyFloat_FromDouble(v);
+    PyObject *sub = PyUnicode_Substring(text, va, vb);
+    if (sub == NULL)
+        return NULL;
+    PyObject *f = PyFloat_FromString(sub);
+    Py_DECREF(sub);
+    return f;
+}
+
 /* 1 stored, 0 not stored (a new key while inserting is off), -1 Python error */
 static int
 store(PyObject *dict, PyObject *text, Py_ssize_t ka, Py_ssize_t kb, Py_ssize_t va, Py_ssize_t vb, int insert)
@@ -84,7 +135,7 @@ store(PyObject *dict, PyObject *text, Py_ssize_t ka, Py_ssize_t kb, Py_ssize_t v
             return known;
         }
     }
-    PyObject *value = PyUnicode_Substring(text, va, vb);
+    PyObject *value = number(text, va, vb);
     if (value == NULL) {
         Py_DECREF(key);
         return -1;
@@ -198,12 +249,12 @@ scan(PyObject *self, PyObject *args)
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS,
      "scan(text, pos, end, fwd, bwd, udata, udiff[, insert]) -> (stop, nfwd, nbwd, nupd): store plain "
-     "per-layer value lines from pos on; stop at the first other line (and, insert false, at a new key)."},
+     "per-layer value lines (as floats) from pos on; stop at the first other line (and, insert false, at a new key)."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "exporter._scan", "Optional C accelerator of RunState.feed's hot loop.", -1, methods,
+    PyModuleDef_HEAD_INIT, "exporter._scan", "Optional C accelerator of exporter/scan.py's fast path.", -1, methods,
 };
 
 PyMODINIT_FUNC

@@ -5,10 +5,9 @@ Two entry points share one set of patterns:
 * `parse_line(line)` turns any single line into a typed `ParsedLine` (or `None` for lines that carry no
   training state). It knows every shape of `docs/log-format.md`; the run state uses it for every line
   that is not a plain per-layer value.
-* `SCAN` / `SCAN_GLOG` find, in a chunk of complete lines, the lines worth looking at with one compiled regex.
-  Per-layer lines with a finite value (all but a handful of the lines of a debug_info log) come back as
-  raw groups so the hot loop in `state.py` needs no per-line Python parsing; every other interesting line
-  comes back as a position for `parse_line`. That split is what makes the exporter read >1M lines/s.
+* the pieces of grammar the fast path (exporter/scan.py) is built from: the number Caffe prints, the
+  per-layer line markers and where every message begins (`MESSAGE_STARTS`), so there is one grammar of
+  a log line, kept here.
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+from collections.abc import Callable
 
 from exporter.events import (
     ChildBlob,
@@ -98,6 +98,23 @@ def prefix_from_match(m: re.Match[str]) -> GlogPrefix:
                       int(hh) * 3600 + int(mm) * 60 + float(ss), tid)
 
 
+# --- the grammar the fast path shares ---------------------------------------------------------------
+# exporter/scan.py builds its patterns from these (and exporter/_scan.c mirrors PLAIN_NUMBER and the
+# layer markers); tests/test_scan_accel.py checks that every line the fast path stores reads the same here.
+
+PLAIN_NUMBER = r"\d+(?:\.\d+)?(?:e[-+]\d+)?"  # a finite value as iostream prints nearly all of them
+GLIBC_NONFINITE = r"[-+]?(?:nan|inf)"  # NaN/Inf as glibc prints them (after a divergence, every line)
+FORWARD_LAYER = r"\[Forward\] Layer "
+BACKWARD_LAYER = r"\[Backward\] Layer "
+UPDATE_LAYER = r"\[Update\] Layer "
+# Where every message that parse_message reads begins (after the glog prefix and tags): a line holding none
+# of them carries no state, so the scan never hands it to parse_line.
+MESSAGE_STARTS = (
+    r"\[(?:Forward|Backward|Update)\]", r"-> (?:top|bottom|param) blob ", r"Iteration \d", r"(?:Train|Test) net output",
+    r"Test score #", r"Test loss: ", r"Snapshotting ", r"Restoring previous", r"Resuming from ", r"Solving ",
+    r"Optimization ", r"Initializing net from", r"Log file created at: ",
+)
+
 # --- messages ---------------------------------------------------------------------------------------
 
 # NVCaffe 0.17 device tags (`[0] `, `(0) `) and the July-2014 `[debug_info] ` tag precede some messages.
@@ -112,8 +129,8 @@ _INPUT = re.compile(r"\[Forward\] Input (.+) data: " + _V)
 _NET_NORMS = re.compile(
     r"\[Backward\] All net params \(data, diff\): L1 norm = \((\S+), (\S+)\); L2 norm = \((\S+), (\S+)\)"
 )
-_UPDATE_SHARED = re.compile(r"\[Update\] Layer (.+?), param blob (.+) \(owned by layer .+, param .+\) diff: " + _V)
-_UPDATE = re.compile(r"\[Update\] Layer (.+?), param (.+) data: (\S+); diff: " + _V)
+_UPDATE_SHARED = re.compile(UPDATE_LAYER + r"(.+?), param blob (.+) \(owned by layer .+, param .+\) diff: " + _V)
+_UPDATE = re.compile(UPDATE_LAYER + r"(.+?), param (.+) data: (\S+); diff: " + _V)
 _HEADER16 = re.compile(r"\[(Forward|Backward)\] Layer (.+)")
 _CHILD16 = re.compile(r"-> (top|bottom|param) blob (.+?), count: \d+,? (?:data|diff): " + _V)
 _ITERATION = re.compile(r"Iteration (\d+)(?: \(([^)]*)\))?,(?: [\d.]+/[\d.]+ep,)? loss = " + _V)
@@ -150,60 +167,61 @@ def parse_message(msg: str) -> Event | None:
 
 
 def _parse_body(body: str) -> Event | None:
-    head = body[:2]
-    if head == "[F" or head == "[B":
-        if m := _LAYER_BLOB.fullmatch(body):
-            return _layer_blob(m)
-        if m := _NET_NORMS.fullmatch(body):
-            return NetNorms(*(parse_value(v) for v in m.groups()))
-        if m := _INPUT.fullmatch(body):
-            return LayerBlob("forward", "input", "input", m[1], parse_value(m[2]))
-        if m := _HEADER16.fullmatch(body):
-            return LayerHeader(STAGES[m[1]], m[2])  # type: ignore[arg-type]
-        return None
-    if head == "[U":
-        if m := _UPDATE_SHARED.fullmatch(body):
-            return UpdateValue(m[1], m[2], None, parse_value(m[3]))
-        if m := _UPDATE.fullmatch(body):
-            return UpdateValue(m[1], m[2], parse_value(m[3]), parse_value(m[4]))
-        return None
-    if head == "->":
-        if m := _CHILD16.fullmatch(body):
-            return ChildBlob(m[1], m[2], parse_value(m[3]))  # type: ignore[arg-type]
-        return None
-    if head == "It":
-        if m := _ITERATION.fullmatch(body):
-            speed = None
-            if m[2] and (s := _SPEED.match(m[2])):
-                speed = parse_value(s[1])
-            return DisplayIteration(int(m[1]), parse_value(m[3]), speed)
-        if m := _LR.match(body):
-            return LearningRate(int(m[1]), parse_value(m[2]))
-        if m := _TESTING.fullmatch(body):
-            return TestingNet(int(m[1]), m[2] or "0")
-        return None
-    if head == "Tr" or head == "Te":
-        if m := _OUTPUT.fullmatch(body):
-            return NetOutput("train" if m[1] == "Train" else "test", int(m[2]), m[3], parse_value(m[4]))
-        if m := _TEST_SCORE.fullmatch(body):
-            return NetOutput("test", int(m[1]), f"score#{m[1]}", parse_value(m[2]))
-        if m := _TEST_LOSS.fullmatch(body):
-            return TestLoss(parse_value(m[1]))
-        return None
-    if m := _SNAPSHOT.fullmatch(body):
-        it = _ITER_IN_NAME.findall(m[1])
-        return Snapshot(m[1], int(it[-1]) if it else None)
-    if m := _RESTORE.fullmatch(body):
-        return Restore(m[1])
-    if m := _SOLVING.fullmatch(body):
-        return Solving(m[1])
-    if m := _DONE.match(body):
-        return OptimizationDone(early=m[1] != "Done")
-    if _NET_INIT.match(body):
-        return NetInitStart()
-    if m := _GLOG_HEADER.fullmatch(body):
-        return GlogHeader(int(m[1]), int(m[2]), int(m[3]), bool(m[4]))
+    # the first two characters pick the few shapes a message can have (a debug_info log is nearly all "[F"
+    # and "[B"); the first shape that matches is the event
+    for match, event in _SHAPES.get(body[:2], _OTHER_SHAPES):
+        if m := match(body):
+            return event(m)
     return None
+
+
+def _display(m: re.Match[str]) -> DisplayIteration:
+    s = _SPEED.match(m[2]) if m[2] else None
+    return DisplayIteration(int(m[1]), parse_value(m[3]), parse_value(s[1]) if s else None)
+
+
+def _snapshot(m: re.Match[str]) -> Snapshot:
+    it = _ITER_IN_NAME.findall(m[1])
+    return Snapshot(m[1], int(it[-1]) if it else None)
+
+
+_Shape = tuple[Callable[[str], "re.Match[str] | None"], Callable[["re.Match[str]"], Event]]
+_LAYER_SHAPES: tuple[_Shape, ...] = (
+    (_LAYER_BLOB.fullmatch, _layer_blob),
+    (_NET_NORMS.fullmatch, lambda m: NetNorms(*(parse_value(v) for v in m.groups()))),
+    (_INPUT.fullmatch, lambda m: LayerBlob("forward", "input", "input", m[1], parse_value(m[2]))),
+    (_HEADER16.fullmatch, lambda m: LayerHeader(STAGES[m[1]], m[2])),  # type: ignore[arg-type]
+)
+_OUTPUT_SHAPES: tuple[_Shape, ...] = (
+    (_OUTPUT.fullmatch, lambda m: NetOutput("train" if m[1] == "Train" else "test", int(m[2]), m[3],
+                                            parse_value(m[4]))),
+    (_TEST_SCORE.fullmatch, lambda m: NetOutput("test", int(m[1]), f"score#{m[1]}", parse_value(m[2]))),
+    (_TEST_LOSS.fullmatch, lambda m: TestLoss(parse_value(m[1]))),
+)
+_SHAPES: dict[str, tuple[_Shape, ...]] = {
+    "[F": _LAYER_SHAPES,
+    "[B": _LAYER_SHAPES,
+    "[U": (
+        (_UPDATE_SHARED.fullmatch, lambda m: UpdateValue(m[1], m[2], None, parse_value(m[3]))),
+        (_UPDATE.fullmatch, lambda m: UpdateValue(m[1], m[2], parse_value(m[3]), parse_value(m[4]))),
+    ),
+    "->": ((_CHILD16.fullmatch, lambda m: ChildBlob(m[1], m[2], parse_value(m[3]))),),  # type: ignore[arg-type]
+    "It": (
+        (_ITERATION.fullmatch, _display),
+        (_LR.match, lambda m: LearningRate(int(m[1]), parse_value(m[2]))),
+        (_TESTING.fullmatch, lambda m: TestingNet(int(m[1]), m[2] or "0")),
+    ),
+    "Tr": _OUTPUT_SHAPES,
+    "Te": _OUTPUT_SHAPES,
+}
+_OTHER_SHAPES: tuple[_Shape, ...] = (
+    (_SNAPSHOT.fullmatch, _snapshot),
+    (_RESTORE.fullmatch, lambda m: Restore(m[1])),
+    (_SOLVING.fullmatch, lambda m: Solving(m[1])),
+    (_DONE.match, lambda m: OptimizationDone(early=m[1] != "Done")),
+    (_NET_INIT.match, lambda m: NetInitStart()),
+    (_GLOG_HEADER.fullmatch, lambda m: GlogHeader(int(m[1]), int(m[2]), int(m[3]), bool(m[4]))),
+)
 
 
 def parse_line(line: str) -> ParsedLine | None:
@@ -213,29 +231,6 @@ def parse_line(line: str) -> ParsedLine | None:
     return None if event is None else ParsedLine(prefix, event)
 
 
-# --- the fast scan ------------------------------------------------------------------------------------
-
-_NUM = r"(\d+(?:\.\d+)?(?:e[-+]\d+)?)"
-_SCAN_BODY = (
-    # The hot path: per-layer lines with a plain finite number, all but a few lines of a debug_info log.
-    # The key ("conv1, top blob conv1") stays one string so the loop in state.py does one dict store;
-    # `split_key` takes it apart, once per distinct key. lastindex 2: Forward (key, data),
-    # 4: Backward (key, diff), 7: 2014-2015 Update (key, data, diff).
-    r"\[(?:Forward\] Layer (.+) data: " + _NUM + r"$|Backward\] Layer (.+) diff: " + _NUM
-    + r"$|Update\] Layer (.+) data: " + _NUM + r"; diff: " + _NUM + r"$)"
-    # lastindex 10: a per-layer NaN/Inf as glibc prints it (stage, key, value): after a divergence every
-    # line is one, so they skip parse_line too
-    + r"|\[(Forward|Backward)\] Layer (.+) (?:data|diff): ([-+]?(?:nan|inf))$"
-    # no group: anything else that may carry state, handed to parse_line
-    + r"|\[(?:Forward|Backward|Update)\]|-> (?:top|bottom|param) blob |Iteration \d|(?:Train|Test) net output"
-    r"|Test score #|Test loss: |Snapshotting |Restoring previous|Resuming from |Solving |Optimization "
-    r"|Initializing net from|Log file created at: "
-)
-SCAN = re.compile(_SCAN_BODY, re.M)
-# The same for chunks of glog-prefixed lines: every message follows "] ", a literal the regex engine can
-# search for, instead of trying each alternative at every character (25% faster on a debug_info log).
-# The one unprefixed line it cannot see, glog's file header, is read by state.py from the file start.
-SCAN_GLOG = re.compile(r"\] +(?:" + _SCAN_BODY + ")", re.M)
 _KEY = re.compile(r"(.+?), (top|bottom|param) blob (.+)")
 _UPDATE_KEY = re.compile(r"(.+?), param (.+)")
 

@@ -111,7 +111,7 @@ def test_every_float_and_name_round_trips_through_a_checkpoint(
 def test_every_field_of_a_run_is_saved() -> None:
     """A field missing from both to_dict and from_dict would silently reset at every restart."""
     saved = set(RunState(run="r", sources=["a"]).to_dict())
-    derived = {"observers", "accelerate", "budget", "series", "layers"}  # rebuilt from config / recount()
+    derived = {"observers", "fast_path", "budget", "series", "layers"}  # rebuilt from config / recount()
     fields = {f for f in RunState.__dataclass_fields__} - derived
     assert fields <= saved, fields - saved
 

@@ -31,7 +31,17 @@ ALLOWED: dict[str, set[str]] = {
     "tail.follow": {"events"},
     "identity": set(),
     "parse": {"events"},
-    "state": {"events", "parse", "_scan"},  # _scan: the optional C accelerator of its hot loop
+    "state": {"events", "parse"},
+    "scan": {"parse", "_scan"},  # _scan: the optional C accelerator of the fast path
+    "codec": set(),
+    # the run state package: its modules import each other ("state": `from exporter.state import feed`),
+    # earlier stages (events, parse, scan) and the codec; nothing later
+    "state.clock": {"events"},
+    "state.records": {"events", "state.clock", "state.run"},
+    "state.limits": {"parse", "state.records", "state.run"},
+    "state.feed": {"events", "parse", "scan", "state", "state.clock", "state.records", "state.run"},
+    "state.run": {"codec", "events", "parse", "scan", "state", "state.clock", "state.limits", "state.records"},
+    "state.runs": {"events", "parse", "scan", "state.limits", "state.records", "state.run"},
     # the detectors: one module each (below), sharing only base/history/schema; the package lists them
     "detectors": {"detectors.base", "detectors.history", "detectors.schema", "detectors.tracker", "state",
                   *DETECTOR_MODULES},

@@ -103,7 +103,7 @@ def test_long_names_are_cut_to_max_name_bytes_and_counted() -> None:
     line = f"{PREFIX}[Forward] Layer {layer}, top blob {layer} data: 0.25\n"
     reg = fed(Limits(max_name_bytes=9), ("jobs/r/caffe.log", line * 3))
     cut = "conv" + "é" * 2  # 8 bytes: the third é would end at byte 10
-    assert reg.runs["r"].forward["train"] == {f"{cut}, top blob {cut}": "0.25"}  # as printed
+    assert reg.runs["r"].forward["train"] == {f"{cut}, top blob {cut}": 0.25}  # a float, however printed
     assert reg.budget.dropped == {"name_too_long": 6}  # layer and blob, on each of the three lines
     assert per_layer(reg) == [("caffe_layer_info", "r", cut), ("caffe_layer_top_data_abs_mean", "r", cut)]
 
