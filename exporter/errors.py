@@ -13,7 +13,8 @@ from types import TracebackType
 
 STAGES = ("tail", "parse", "state", "detect", "checkpoint", "collect")
 _MODULE_STAGE = {"exporter.parse": "parse", "exporter.events": "parse", "exporter.state": "state",
-                 "exporter.detectors": "detect", "exporter.checkpoint": "checkpoint", "exporter.tail": "tail"}
+                 "exporter.detectors": "detect", "exporter.checkpoint": "checkpoint", "exporter.tail": "tail",
+                 "exporter.scan": "state", "exporter.codec": "checkpoint"}
 
 log = logging.getLogger("caffe_exporter.errors")
 
