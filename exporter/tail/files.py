@@ -105,6 +105,35 @@ class Streams:
         self.draining: list[File] = []
         self.ids: dict[FileId, str] = {}
         self.vanished: set[str] = set()  # paths whose file was closed because it went away
+        self.unread: dict[File, int] = {}  # bytes a file held beyond our offset when last stat'ed
+        self.expected: dict[str, int] = {}  # bytes of a candidate not opened yet (first poll only)
+
+    # backlog ------------------------------------------------------------------------------------
+
+    def expect(self, paths: Sequence[str], skip_history: bool) -> None:
+        """Before the first poll opens anything: the bytes waiting in each candidate (its size, less a
+        saved offset), so ``TailStats.backlog_bytes`` shows the whole backlog while it is read."""
+        for path in paths:
+            try:
+                size = os.stat(path).st_size
+            except OSError:
+                continue
+            saved = self.positions.saved.get(path)
+            n = 0 if saved is None and skip_history else max(0, size - (saved.offset if saved else 0))
+            self.expected[path] = n
+            self.stats.backlog_bytes += n
+
+    def _unread(self, f: File, size: int) -> None:
+        """``f`` is ``size`` bytes long now: its share of the backlog is what lies beyond our offset."""
+        n = max(0, size - f.pos)
+        self.stats.backlog_bytes += n - self.unread.get(f, 0) - self.expected.pop(f.path, 0)
+        self.unread[f] = n
+
+    def update_backlog(self) -> None:
+        """Recount from the followed files alone (after a full poll: forgets the files left behind)."""
+        self.expected.clear()
+        self.unread = {f: n for f, n in self.unread.items() if self.files.get(f.path) is f}
+        self.stats.backlog_bytes = sum(self.unread.values())
 
     def untrack(self, path: str) -> None:
         self.positions.untrack(path, path in self.files)
@@ -120,6 +149,8 @@ class Streams:
             st = os.stat(path)
             now = (st.st_dev, st.st_ino)
             self.errors.ok(path, "stat")
+            if now == f.ident:
+                self._unread(f, st.st_size)
         except (FileNotFoundError, NotADirectoryError):
             now = None
         except OSError as e:
@@ -255,6 +286,11 @@ class Streams:
                 if f in self.lru:
                     self.lru.move_to_end(f)
             stats.bytes_read += len(raw)
+            owed = self.unread.get(f, 0)
+            if owed:
+                paid = min(owed, len(raw))
+                self.unread[f] = owed - paid
+                stats.backlog_bytes -= paid
             stats.last_read_time = self.clock()
             yield from f.feed(raw)
             if len(raw) < n:
@@ -320,6 +356,7 @@ class Streams:
                 return
             f = File(path, fd, st, self.limits.max_line, self.stats, self.now)
             announce = self._place(f, st, first)
+            self._unread(f, st.st_size)
         except OSError as e:
             os.close(fd)
             self.errors.error(path, err_key("open", e))

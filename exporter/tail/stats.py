@@ -20,6 +20,7 @@ class TailStats:
     files_open: int = 0  # descriptors held by the Tailer (followed files and rotated files being drained)
     files_unreadable: int = 0  # paths in a failure episode now (read_errors counts an episode only once)
     last_read_time: float = 0.0
+    backlog_bytes: int = 0  # bytes known to be in followed files beyond the read offsets (at the last stat)
 
 
 def err_key(op: str, e: OSError) -> str:

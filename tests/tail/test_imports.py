@@ -21,7 +21,12 @@ def test_the_shared_records_and_the_run_state_do_not_load_watchfiles() -> None:
     assert not loaded_after("from exporter.events import Chunk, FilePosition\nimport exporter.state")
 
 
-def test_the_tail_package_loads_watchfiles_only_when_following() -> None:
+def test_the_tail_package_loads_watchfiles_only_when_following_by_polling() -> None:
     assert not loaded_after("from exporter.tail import Chunk, Tailer, TailStats, follow, read_stream")
     assert loaded_after("import threading\nfrom exporter.tail import Tailer, follow\n"
-                        "stop = threading.Event(); stop.set()\nfollow(Tailer([]), print, stop)")
+                        "stop = threading.Event(); stop.set()\nfollow(Tailer([]), print, stop, force_polling=True)")
+
+
+def test_following_with_inotify_on_linux_does_not_load_watchfiles() -> None:
+    assert not loaded_after("import threading\nfrom exporter.tail import Tailer, follow\n"
+                            "stop = threading.Event(); stop.set()\nfollow(Tailer([]), print, stop)")
