@@ -28,7 +28,8 @@ ALLOWED: dict[str, set[str]] = {
     "tail.resume": {"events"},
     "tail.files": {"events", "tail.lines", "tail.resume", "tail.stats"},
     "tail.tailer": {"events", "tail.discover", "tail.files", "tail.resume", "tail.stats"},
-    "tail.follow": {"events"},
+    "tail.follow": {"events", "tail.inotify"},
+    "tail.inotify": set(),
     "identity": set(),
     "parse": {"events"},
     "state": {"events", "parse", "_scan"},  # _scan: the optional C accelerator of its hot loop
