@@ -144,7 +144,7 @@ def follow(
 
 
 def _default_watch(force_polling: bool) -> Watch:
-    from exporter.tail import inotify  # noqa: PLC0415 (only when following)
+    from exporter.tail import inotify
 
     if not force_polling and inotify.available():
         return inotify.watch

@@ -69,7 +69,7 @@ def test_a_file_that_stops_being_followed_leaves_the_backlog(tmp_path: Path) -> 
     chunks = tailer.poll()
     next(chunks)
     assert stats.backlog_bytes > 0
-    chunks.close()  # abandoned mid-file: the rest stays owed
+    del chunks  # abandoned mid-file: the rest stays owed
     tailer.set_sources([])
     poll_all(tailer)
     assert stats.backlog_bytes == 0
