@@ -30,8 +30,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from latency import ROOT, baseline_tree, free_port, get
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.latency import ROOT, baseline_tree, free_port, get
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

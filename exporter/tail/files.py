@@ -125,9 +125,13 @@ class Streams:
 
     def _unread(self, f: File, size: int) -> None:
         """``f`` is ``size`` bytes long now: its share of the backlog is what lies beyond our offset."""
-        n = max(0, size - f.pos)
-        self.stats.backlog_bytes += n - self.unread.get(f, 0) - self.expected.pop(f.path, 0)
-        self.unread[f] = n
+        n = size - f.pos if size > f.pos else 0
+        old = self.unread.get(f, 0)
+        counted = old + self.expected.pop(f.path, 0) if self.expected else old
+        if n != counted:
+            self.stats.backlog_bytes += n - counted
+        if n != old or f not in self.unread:
+            self.unread[f] = n
 
     def update_backlog(self) -> None:
         """Recount from the followed files alone (after a full poll: forgets the files left behind)."""

@@ -33,4 +33,5 @@ def test_the_tail_package_does_not_load_watchfiles_at_import() -> None:
 @pytest.mark.parametrize("polling", [False, True], ids=["inotify", "polling"])
 def test_following_on_linux_does_not_load_watchfiles(polling: bool) -> None:
     assert not loaded_after("import threading\nfrom exporter.tail import Tailer, follow\n"
-                            f"stop = threading.Event(); stop.set()\nfollow(Tailer([]), print, stop, force_polling={polling})")
+                            "stop = threading.Event(); stop.set()\n"
+                            f"follow(Tailer([]), print, stop, force_polling={polling})")
