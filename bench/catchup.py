@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path[0] = str(Path(__file__).resolve().parent.parent)  # the root, not bench/: bench.py shadows it
 from bench.latency import ROOT, free_port, get
 
 BACKLOG = re.compile(r"^caffe_exporter_backlog_bytes (\S+)$", re.M)
@@ -71,9 +71,10 @@ def main() -> int:
         print(f"scrapes answered during catch-up: {len(took)}, p50 {statistics.median(took):.1f} ms, "
               f"max {max(took):.1f} ms")
     if backlog:
-        down = all(b >= a for b, a in itertools.pairwise(backlog))
-        print(f"backlog_bytes seen: first {backlog[0]:,.0f}, last {backlog[-1]:,.0f}, {len(set(backlog))} distinct, "
-              f"{'never rose' if down else 'ROSE'}")
+        peak = backlog.index(max(backlog))  # before the first poll has stat'ed the files it is 0
+        down = all(b >= a for b, a in itertools.pairwise(backlog[peak:]))
+        print(f"backlog_bytes seen: {len(backlog)} values, peak {backlog[peak]:,.0f} (scrape {peak + 1}), "
+              f"last {backlog[-1]:,.0f}; after the peak it {'never rose' if down else 'ROSE'}")
     for line in (work / "daemon.err").read_text().splitlines():
         if "caught up" in line:
             print("daemon:", line)

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path[0] = str(Path(__file__).resolve().parent.parent)  # the root, not bench/: bench.py shadows it
 from bench.latency import ROOT, baseline_tree, free_port, get
 
 TICKS = os.sysconf("SC_CLK_TCK")
