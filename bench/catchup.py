@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path[0] = str(Path(__file__).resolve().parent.parent)  # the root, not bench/: bench.py shadows it
-from bench.latency import ROOT, free_port, get
+from bench.latency import ROOT, free_port, get  # noqa: E402
 
 BACKLOG = re.compile(r"^caffe_exporter_backlog_bytes (\S+)$", re.M)
 

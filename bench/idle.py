@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path[0] = str(Path(__file__).resolve().parent.parent)  # the root, not bench/: bench.py shadows it
-from bench.latency import ROOT, baseline_tree, free_port, get
+from bench.latency import ROOT, baseline_tree, free_port, get  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
