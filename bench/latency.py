@@ -46,8 +46,8 @@ def free_port() -> int:
         return port
 
 
-def get(url: str) -> str:
-    with OPENER.open(url, timeout=5) as r:
+def get(url: str, timeout: float = 5.0) -> str:
+    with OPENER.open(url, timeout=timeout) as r:
         body: bytes = r.read()
         return body.decode()
 
