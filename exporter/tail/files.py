@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from exporter.events import Chunk, FilePosition
 from exporter.tail.lines import Lines
 from exporter.tail.resume import HEAD_BYTES, OPEN_FLAGS, FileId, Positions, last_line_end, resumable
-from exporter.tail.stats import Errors, TailStats, err_key
+from exporter.tail.stats import Backlog, Errors, TailStats, err_key
 
 
 class File(Lines):
@@ -105,39 +105,7 @@ class Streams:
         self.draining: list[File] = []
         self.ids: dict[FileId, str] = {}
         self.vanished: set[str] = set()  # paths whose file was closed because it went away
-        self.unread: dict[File, int] = {}  # bytes a file held beyond our offset when last stat'ed
-        self.expected: dict[str, int] = {}  # bytes of a candidate not opened yet (first poll only)
-
-    # backlog ------------------------------------------------------------------------------------
-
-    def expect(self, paths: Sequence[str], skip_history: bool) -> None:
-        """Before the first poll opens anything: the bytes waiting in each candidate (its size, less a
-        saved offset), so ``TailStats.backlog_bytes`` shows the whole backlog while it is read."""
-        for path in paths:
-            try:
-                size = os.stat(path).st_size
-            except OSError:
-                continue
-            saved = self.positions.saved.get(path)
-            n = 0 if saved is None and skip_history else max(0, size - (saved.offset if saved else 0))
-            self.expected[path] = n
-            self.stats.backlog_bytes += n
-
-    def _unread(self, f: File, size: int) -> None:
-        """``f`` is ``size`` bytes long now: its share of the backlog is what lies beyond our offset."""
-        n = size - f.pos if size > f.pos else 0
-        old = self.unread.get(f, 0)
-        counted = old + self.expected.pop(f.path, 0) if self.expected else old
-        if n != counted:
-            self.stats.backlog_bytes += n - counted
-        if n != old or f not in self.unread:
-            self.unread[f] = n
-
-    def update_backlog(self) -> None:
-        """Recount from the followed files alone (after a full poll: forgets the files left behind)."""
-        self.expected.clear()
-        self.unread = {f: n for f, n in self.unread.items() if self.files.get(f.path) is f}
-        self.stats.backlog_bytes = sum(self.unread.values())
+        self.backlog = Backlog(stats)
 
     def untrack(self, path: str) -> None:
         self.positions.untrack(path, path in self.files)
@@ -154,7 +122,7 @@ class Streams:
             now = (st.st_dev, st.st_ino)
             self.errors.ok(path, "stat")
             if now == f.ident:
-                self._unread(f, st.st_size)
+                self.backlog.stat(f, f.path, st.st_size - f.pos)
         except (FileNotFoundError, NotADirectoryError):
             now = None
         except OSError as e:
@@ -290,11 +258,7 @@ class Streams:
                 if f in self.lru:
                     self.lru.move_to_end(f)
             stats.bytes_read += len(raw)
-            owed = self.unread.get(f, 0)
-            if owed:
-                paid = min(owed, len(raw))
-                self.unread[f] = owed - paid
-                stats.backlog_bytes -= paid
+            self.backlog.read(f, len(raw))
             stats.last_read_time = self.clock()
             yield from f.feed(raw)
             if len(raw) < n:
@@ -360,7 +324,7 @@ class Streams:
                 return
             f = File(path, fd, st, self.limits.max_line, self.stats, self.now)
             announce = self._place(f, st, first)
-            self._unread(f, st.st_size)
+            self.backlog.stat(f, f.path, st.st_size - f.pos)
         except OSError as e:
             os.close(fd)
             self.errors.error(path, err_key("open", e))

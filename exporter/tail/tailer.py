@@ -136,7 +136,7 @@ class Tailer:
         if first and (positions.saved or positions.forgotten):
             positions.rebind(paths, lambda p: p in streams.files)
         if first:
-            streams.expect(paths, self._start_at_end)
+            self._expect(paths)
         for d in list(streams.draining):
             yield from streams.service_draining(d)
         for path in list(streams.files):
@@ -152,7 +152,7 @@ class Tailer:
         streams.close_idle()
         streams.errors.keep_only(set(paths) | set(streams.files))
         self._paths = paths
-        streams.update_backlog()
+        streams.backlog.recount(set(streams.files.values()))
 
     def poll_changed(self, changed: Collection[str]) -> Iterator[Chunk]:
         """Read only the followed files at ``changed`` (paths a watcher reported), if that is all there is
@@ -173,7 +173,19 @@ class Tailer:
             if streams.files.get(f.path) is f:
                 yield from streams.service(f, self._paths, ident)
         streams.close_idle()
-        streams.update_backlog()
+
+    def _expect(self, paths: Sequence[str]) -> None:
+        """Before the first poll opens anything: the bytes waiting in each candidate (its size less a saved
+        offset; none with ``start_at_end``), so ``backlog_bytes`` shows the whole backlog while it is read."""
+        saved = self._positions.saved
+        for path in paths:
+            try:
+                size = os.stat(path).st_size
+            except OSError:
+                continue
+            pos = saved.get(path)
+            if pos is not None or not self._start_at_end:
+                self._streams.backlog.expect(path, max(0, size - (pos.offset if pos else 0)))
 
     def _apply_requests(self, now: float) -> Iterator[Chunk]:
         with self._lock:
