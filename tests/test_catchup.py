@@ -45,3 +45,19 @@ def test_the_end_of_the_startup_backlog_is_logged_and_backlog_bytes_is_served(
                      ends[0])
     assert m is not None, ends[0]
     assert (int(m.group(1)), int(m.group(2))) == (total, 2)
+
+
+@pytest.mark.parametrize(("poll", "rescan"), [(False, 10.0), (True, None)], ids=["inotify", "polling"])
+def test_the_daemon_rescans_every_10_s_with_inotify_and_every_poll_interval_when_polling(
+        tmp_path: Path, poll: bool, rescan: float | None) -> None:
+    (tmp_path / "caffe.log").write_bytes(LOGS[0].read_bytes())
+    got: list[dict[str, object]] = []
+    stop = threading.Event()
+
+    def follow(*args: object, **kwargs: object) -> None:
+        got.append(kwargs)
+        stop.set()
+
+    cfg = config.Config(listen=f"127.0.0.1:{free_port()}", sources=(SourceRule(str(tmp_path)),), poll=poll)
+    assert daemon.serve(cfg, stop, follow_files=follow) == 0
+    assert got == [{"force_polling": poll, "poll_interval": 1.0, "rescan_interval": rescan}]
