@@ -33,6 +33,7 @@ from exporter.pipeline import Pipeline
 from exporter.serve import Server, make_app, start_server
 from exporter.state import RunRegistry
 from exporter.tail import Chunk, Tailer, TailStats, follow, read_stream
+from exporter.tail.follow import RESCAN_INTERVAL
 
 log = logging.getLogger("caffe_exporter.daemon")
 SUPERVISE_INTERVAL = 0.5  # seconds between checks that every reading thread is alive
@@ -43,7 +44,8 @@ class Follow(Protocol):
     """`exporter.tail.follow`'s shape: read what the tailer's files gain until `stop` (a seam for tests)."""
 
     def __call__(self, tailer: Tailer, on_chunk: Callable[[Chunk], None], stop: threading.Event, *,
-                 force_polling: bool = ..., poll_interval: float = ...) -> None: ...
+                 force_polling: bool = ..., poll_interval: float = ...,
+                 rescan_interval: float | None = ...) -> None: ...
 
 
 class _Guarded(Collector):
@@ -275,16 +277,28 @@ def _read_files(tailer: Tailer, pipeline: Pipeline, cfg: config.Config, stop: th
                 ready: threading.Event, follow_files: Follow = follow) -> None:
     """The tail thread: the backlog present at start first (then /-/ready), then follow; an exception in the
     tailer is counted and reading resumes after a pause instead of ending."""
+    # with inotify every change is reported: the full poll is a slow safety net (idle cost, issue 9)
+    rescan = None if cfg.poll else max(cfg.poll_interval, RESCAN_INTERVAL)
     while not stop.is_set():
         try:
             if not ready.is_set():
-                for chunk in tailer.poll():
-                    pipeline.on_chunk(chunk)
+                _catch_up(tailer, pipeline)
                 ready.set()
-            follow_files(tailer, pipeline.on_chunk, stop, force_polling=cfg.poll, poll_interval=cfg.poll_interval)
+            follow_files(tailer, pipeline.on_chunk, stop, force_polling=cfg.poll, poll_interval=cfg.poll_interval,
+                         rescan_interval=rescan)
         except Exception as e:
             pipeline.errors.report("tail", "the tailer", e)
             stop.wait(1.0)
+
+
+def _catch_up(tailer: Tailer, pipeline: Pipeline, monotonic: Callable[[], float] = time.monotonic) -> None:
+    """The first full poll: everything the files held at start. Logged when it ends, with how much and how
+    long, so an operator can tell a slow start from a stuck one (caffe_exporter_backlog_bytes counts down)."""
+    started, before = monotonic(), pipeline.tail_stats.bytes_read
+    for chunk in tailer.poll():
+        pipeline.on_chunk(chunk)
+    log.info("caught up with the backlog present at start: %d bytes of %d files in %.2f s",
+             pipeline.tail_stats.bytes_read - before, pipeline.tail_stats.files_watched, monotonic() - started)
 
 
 def _save_periodically(saver: checkpoint.Checkpointer, pipeline: Pipeline, stop: threading.Event) -> None:

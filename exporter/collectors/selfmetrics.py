@@ -44,6 +44,8 @@ UNREADABLE = Family("caffe_exporter_files_unreadable", "gauge", "Log paths faili
                     "now.")
 LAST_READ = Family("caffe_exporter_last_read_timestamp_seconds", "gauge", "Wall-clock time of the last read "
                    "that returned data.")
+BACKLOG = Family("caffe_exporter_backlog_bytes", "gauge", "Bytes known to be in followed log files and not read "
+                  "yet (each file's size at its last stat less the read offset): how far reading is behind.")
 SERIES_DROPPED = Family(
     "caffe_exporter_series_dropped", "counter",
     "Values not stored because of limits: (reason max_series_per_run, max_series, layer_filter: "
@@ -61,7 +63,7 @@ RELOAD_OK = Family("caffe_exporter_config_last_reload_successful", "gauge", "1 i
 RELOAD_TIME = Family("caffe_exporter_config_last_reload_success_timestamp_seconds", "gauge", "Time of the last "
                      "successful configuration load (start or SIGHUP), Unix seconds.")
 FAMILIES: tuple[Family, ...] = (BUILD_INFO, LINES, ERRORS, BYTES_READ, FILES_WATCHED, FILES_OPEN, RUNS, ROTATIONS,
-                                TRUNCATIONS, READ_ERRORS, UNREADABLE, LAST_READ, SERIES_DROPPED, SERIES,
+                                TRUNCATIONS, READ_ERRORS, UNREADABLE, LAST_READ, BACKLOG, SERIES_DROPPED, SERIES,
                                 RUNS_EXPIRED, RELOAD_OK, RELOAD_TIME)
 
 
@@ -99,6 +101,7 @@ class ExporterCollector(Collector):
             READ_ERRORS.of(t.read_errors),
             UNREADABLE.of(t.files_unreadable),
             LAST_READ.of(t.last_read_time),
+            BACKLOG.of(t.backlog_bytes),
             _by_label(SERIES_DROPPED, DROP_REASONS, budget.dropped),
             SERIES.of(budget.total),
             _by_label(RUNS_EXPIRED, EXPIRY_REASONS, p.registry.expired),

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from exporter.events import Chunk, FilePosition
 from exporter.tail.lines import Lines
 from exporter.tail.resume import HEAD_BYTES, OPEN_FLAGS, FileId, Positions, last_line_end, resumable
-from exporter.tail.stats import Errors, TailStats, err_key
+from exporter.tail.stats import Backlog, Errors, TailStats, err_key
 
 
 class File(Lines):
@@ -105,6 +105,7 @@ class Streams:
         self.draining: list[File] = []
         self.ids: dict[FileId, str] = {}
         self.vanished: set[str] = set()  # paths whose file was closed because it went away
+        self.backlog = Backlog(stats)
 
     def untrack(self, path: str) -> None:
         self.positions.untrack(path, path in self.files)
@@ -120,6 +121,8 @@ class Streams:
             st = os.stat(path)
             now = (st.st_dev, st.st_ino)
             self.errors.ok(path, "stat")
+            if now == f.ident:
+                self.backlog.stat(f, f.path, st.st_size - f.pos)
         except (FileNotFoundError, NotADirectoryError):
             now = None
         except OSError as e:
@@ -255,6 +258,7 @@ class Streams:
                 if f in self.lru:
                     self.lru.move_to_end(f)
             stats.bytes_read += len(raw)
+            self.backlog.read(f, len(raw))
             stats.last_read_time = self.clock()
             yield from f.feed(raw)
             if len(raw) < n:
@@ -320,6 +324,7 @@ class Streams:
                 return
             f = File(path, fd, st, self.limits.max_line, self.stats, self.now)
             announce = self._place(f, st, first)
+            self.backlog.stat(f, f.path, st.st_size - f.pos)
         except OSError as e:
             os.close(fd)
             self.errors.error(path, err_key("open", e))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+from collections.abc import Collection
 from dataclasses import dataclass
 
 
@@ -20,6 +21,7 @@ class TailStats:
     files_open: int = 0  # descriptors held by the Tailer (followed files and rotated files being drained)
     files_unreadable: int = 0  # paths in a failure episode now (read_errors counts an episode only once)
     last_read_time: float = 0.0
+    backlog_bytes: int = 0  # bytes known to be in followed files beyond the read offsets (at the last stat)
 
 
 def err_key(op: str, e: OSError) -> str:
@@ -57,3 +59,44 @@ class Errors:
         for path in [p for p in self._episodes if p not in live]:
             del self._episodes[path]
         self._stats.files_unreadable = len(self._episodes)
+
+
+class Backlog:
+    """``TailStats.backlog_bytes``: per followed file, what its size at the last stat put beyond our offset,
+    paid off as it is read. Keys are the file objects (a file keeps its share when it moves to another name);
+    before the first poll has opened a candidate its bytes are counted by path (:meth:`expect`)."""
+
+    __slots__ = ("_expected", "_stats", "_unread")
+
+    def __init__(self, stats: TailStats) -> None:
+        self._stats = stats
+        self._unread: dict[object, int] = {}
+        self._expected: dict[str, int] = {}
+
+    def expect(self, path: str, n: int) -> None:
+        """``n`` bytes of ``path`` wait to be read, before it is opened (the first poll)."""
+        self._expected[path] = n
+        self._stats.backlog_bytes += n
+
+    def stat(self, f: object, path: str, beyond: int) -> None:
+        """``f`` (at ``path``) was just stat'ed: ``beyond`` bytes lie past our offset."""
+        n = beyond if beyond > 0 else 0
+        old = self._unread.get(f, 0)
+        counted = old + self._expected.pop(path, 0) if self._expected else old
+        if n != counted:
+            self._stats.backlog_bytes += n - counted
+        if n != old or f not in self._unread:
+            self._unread[f] = n
+
+    def read(self, f: object, n: int) -> None:
+        owed = self._unread.get(f, 0)
+        if owed:
+            paid = min(owed, n)
+            self._unread[f] = owed - paid
+            self._stats.backlog_bytes -= paid
+
+    def recount(self, followed: Collection[object]) -> None:
+        """Only the files still followed count (after a full poll: those left behind are forgotten)."""
+        self._expected.clear()
+        self._unread = {f: n for f, n in self._unread.items() if f in followed}
+        self._stats.backlog_bytes = sum(self._unread.values())

@@ -12,13 +12,21 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 
 from exporter.events import Chunk, FilePosition
 from exporter.tail.discover import Discovery
 from exporter.tail.files import Limits, Streams
 from exporter.tail.resume import FileId, Positions, matches, position_now
 from exporter.tail.stats import TailStats
+
+
+def _ident(path: str) -> FileId | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def _ident_cache() -> Callable[[str], FileId | None]:
@@ -70,6 +78,8 @@ class Tailer:
         limits = Limits(max_line_bytes, read_bytes, max_open_files, idle_close, rotate_wait, start_at_end)
         self._streams = Streams(self.stats, self._positions, limits, clock, monotonic())
         self._polled = False
+        self._start_at_end = start_at_end
+        self._paths: list[str] = []  # the candidates of the last full poll
         self._lock = threading.Lock()  # guards the requests, shared with other threads
         self._requests: list[tuple[str, object]] = []
 
@@ -125,6 +135,8 @@ class Tailer:
         ident = _ident_cache()
         if first and (positions.saved or positions.forgotten):
             positions.rebind(paths, lambda p: p in streams.files)
+        if first:
+            self._expect(paths)
         for d in list(streams.draining):
             yield from streams.service_draining(d)
         for path in list(streams.files):
@@ -139,6 +151,41 @@ class Tailer:
                 yield from streams.open(cand.path, cand.explicit, first)
         streams.close_idle()
         streams.errors.keep_only(set(paths) | set(streams.files))
+        self._paths = paths
+        streams.backlog.recount(set(streams.files.values()))
+
+    def poll_changed(self, changed: Collection[str]) -> Iterator[Chunk]:
+        """Read only the followed files at ``changed`` (paths a watcher reported), if that is all there is
+        to do: each still names the file followed there, and no request is pending. Anything else (a new
+        name, a directory, a rotation, a deletion) makes it a full :meth:`poll`. An idle watched tree then
+        costs nothing per change set but the changed files' stats."""
+        streams = self._streams
+        files = [streams.files.get(p) for p in changed]
+        with self._lock:
+            pending = bool(self._requests)
+        if not self._polled or pending or not files or any(f is None or _ident(f.path) != f.ident for f in files):
+            yield from self.poll()
+            return
+        streams.now = self._monotonic()
+        ident = _ident_cache()
+        for f in files:
+            assert f is not None
+            if streams.files.get(f.path) is f:
+                yield from streams.service(f, self._paths, ident)
+        streams.close_idle()
+
+    def _expect(self, paths: Sequence[str]) -> None:
+        """Before the first poll opens anything: the bytes waiting in each candidate (its size less a saved
+        offset; none with ``start_at_end``), so ``backlog_bytes`` shows the whole backlog while it is read."""
+        saved = self._positions.saved
+        for path in paths:
+            try:
+                size = os.stat(path).st_size
+            except OSError:
+                continue
+            pos = saved.get(path)
+            if pos is not None or not self._start_at_end:
+                self._streams.backlog.expect(path, max(0, size - (pos.offset if pos else 0)))
 
     def _apply_requests(self, now: float) -> Iterator[Chunk]:
         with self._lock:

@@ -70,8 +70,10 @@ def test_append_is_picked_up_by_the_watch(tmp_path: Path, force_polling: bool) -
     collect = Collector()
     stats = TailStats()
     tailer = CountingTailer([str(tmp_path)], stats=stats)
-    # The timed safety net is far beyond WAIT: only a watchfiles change can deliver the append in time.
-    thread, stop = run_follow(tailer, collect, force_polling=force_polling, poll_interval=60.0)
+    # With a watcher the timed safety net is far beyond WAIT: only a reported change can deliver the append
+    # in time. Polling has no watcher: its timed poll does.
+    interval = 0.2 if force_polling else 60.0
+    thread, stop = run_follow(tailer, collect, force_polling=force_polling, poll_interval=interval)
     try:
         assert collect.wait_for(decoded(first))
         # Polls: at start, at the first tick of the new watcher, once the watcher has settled.

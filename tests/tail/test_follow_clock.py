@@ -8,7 +8,7 @@ the first tick once settled, on every change set, and on a tick ``poll_interval`
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 import watchfiles
@@ -132,3 +132,46 @@ def test_schedule_settles_once() -> None:
     assert s.due(True, 10.55)  # a change
     s.polled(10.55)
     assert not s.due(False, 20.5) and s.due(False, 20.55)  # poll_interval after the last poll
+
+
+class ChangeTailer(TimedTailer):
+    """Also records the change sets handed to poll_changed."""
+
+    def __init__(self, sources: list[str], clock: Clock) -> None:
+        super().__init__(sources, clock)
+        self.changed_at: list[tuple[float, frozenset[str]]] = []
+
+    def poll_changed(self, changed: Collection[str]) -> Iterator[Chunk]:
+        self.changed_at.append((self.clock.now, frozenset(changed)))
+        yield from super().poll_changed(changed)
+
+
+def test_a_change_of_a_followed_file_reads_it_alone_and_full_polls_wait_for_rescan_interval(tmp_path: Path) -> None:
+    log = tmp_path / "caffe.log"
+    log.write_bytes(b"".join(caffe_lines(2)))
+    clock = Clock(0.0)
+    stop = threading.Event()
+    tailer = ChangeTailer([str(log)], clock)
+    seen: list[tuple[float, str]] = []
+
+    def change(start: int) -> Callable[[], None]:
+        return lambda: append(log, b"".join(caffe_lines(1, start=start)))
+
+    script = ticks(3)  # 0.25 (first), 0.5, 0.75 (settled)
+    script.append((0.25, True, change(2)))  # 1.0: the watcher names the file
+    script += ticks(18)  # 1.25 ... 5.5: no full poll before 0.75 + 5
+    script.append((0.25, False, None))  # 5.75: the rescan
+
+    def watch(*roots: str, **kwargs: object) -> Iterator[set[tuple[str, str]]]:
+        for dt, changed, act in script:
+            clock.now += dt
+            if act is not None:
+                act()
+            yield {("changed", str(log))} if changed else set()
+        stop.set()
+
+    follow(tailer, lambda c: seen.append((clock.now, c.text)), stop, poll_interval=1.0, rescan_interval=5.0,
+           monotonic=clock, watch=watch)
+    assert tailer.polled_at == [0.0, 0.25, 0.75, 5.75]
+    assert tailer.changed_at == [(1.0, frozenset({str(log)}))]
+    assert [(t, s) for t, s in seen if s] == [(0.0, decoded(caffe_lines(2))), (1.0, decoded(caffe_lines(1, start=2)))]

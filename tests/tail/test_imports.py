@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from exporter.tail import inotify
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
@@ -21,7 +25,13 @@ def test_the_shared_records_and_the_run_state_do_not_load_watchfiles() -> None:
     assert not loaded_after("from exporter.events import Chunk, FilePosition\nimport exporter.state")
 
 
-def test_the_tail_package_loads_watchfiles_only_when_following() -> None:
+def test_the_tail_package_does_not_load_watchfiles_at_import() -> None:
     assert not loaded_after("from exporter.tail import Chunk, Tailer, TailStats, follow, read_stream")
-    assert loaded_after("import threading\nfrom exporter.tail import Tailer, follow\n"
-                        "stop = threading.Event(); stop.set()\nfollow(Tailer([]), print, stop)")
+
+
+@pytest.mark.skipif(not inotify.available(), reason="Linux inotify only")
+@pytest.mark.parametrize("polling", [False, True], ids=["inotify", "polling"])
+def test_following_on_linux_does_not_load_watchfiles(polling: bool) -> None:
+    assert not loaded_after("import threading\nfrom exporter.tail import Tailer, follow\n"
+                            "stop = threading.Event(); stop.set()\n"
+                            f"follow(Tailer([]), print, stop, force_polling={polling})")
