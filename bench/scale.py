@@ -266,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
                     "the other one runs")
     ap.add_argument("--build", choices=scanguard.BUILDS, default="installed",
                     help="installed (pip install into a fresh venv, default) or inplace (exporter/ as it is)")
+    ap.add_argument("--src", default=ROOT, help="the checkout to measure (default: this one)")
     ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "caffe-exporter-scale"))
     ap.add_argument("--json", help="write the raw results here")
     args = ap.parse_args(argv)
@@ -278,11 +279,11 @@ def main(argv: list[str] | None = None) -> int:
             setattr(args, key, value)
     os.makedirs(args.workdir, exist_ok=True)
     outdir = tempfile.mkdtemp(prefix="run-", dir=args.workdir)
-    target = scanguard.prepare(args.build, ROOT, outdir)
+    target = scanguard.prepare(args.build, os.path.abspath(args.src), outdir)
     logs = (gen_log(args.workdir, "run50nan.log", ["--iterations", "50", "--nan-at", "45:res4c_branch2b"], 600),
             gen_log(args.workdir, f"healthy{args.ingest_iterations}.log",
                     ["--iterations", str(args.ingest_iterations), "--seed", "2"], 600))
-    git = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+    git = subprocess.run(["git", "-C", args.src, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                          timeout=30).stdout.strip()
     results = [measure(int(n), args, target, logs, outdir) for n in args.runs.split(",")]
     scan_module = results[0]["load"]["scan_module"]

@@ -96,3 +96,28 @@ def test_a_loaded_scanner_that_never_ran_on_a_debug_info_log_fails_the_check(tmp
         "bench: --scan c asked, but the pure Python (no C scanner) path ran (0 calls of the C scanner): the "
         "measurement is not the one asked for")
     assert scanguard.check(report, "c", target, scanned=False) is None  # an input with nothing to scan
+
+
+SCALE = REPO / "bench" / "scale.py"
+
+
+def _scale(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, str(SCALE), "--runs", "1", "--reps", "1", "--reps-other", "1", "--checkpoint-reps", "1",
+            "--ingest-reps", "1", "--ingest-seconds", "0", "--ingest-iterations", "2", "--build", "inplace",
+            "--workdir", str(tmp_path / "work"), *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+
+
+def test_the_scale_benchmark_fails_when_asked_for_c_on_a_checkout_without_the_scanner(tmp_path: Path) -> None:
+    r = _scale(tmp_path, "--src", str(_checkout_without_scanner(tmp_path)))
+    assert r.returncode != 0
+    assert "--scan c asked, but the C scanner is not loaded in the inplace build" in r.stderr
+
+
+def test_the_scale_benchmark_prints_every_table_and_the_scan_path_it_measured(tmp_path: Path) -> None:
+    r = _scale(tmp_path, "--scan", "pure")
+    assert r.returncode == 0, r.stderr
+    assert "scan path measured: **pure Python (no C scanner)**" in r.stdout
+    rows = [ln for ln in r.stdout.splitlines() if ln.startswith("| 1 |")]
+    assert [ln.split(" | ")[2] for ln in rows[:3]] == ["text", "OpenMetrics", "text+gzip"]
+    assert len(rows) == 5  # three formats, memory, checkpoint and ingestion
