@@ -24,10 +24,16 @@ res4c_branch2b) has ``caffe_nonfinite_values_total{stage="forward"}`` > 0 from e
 iteration on and no layer before it in forward order has one, ``caffe_loss`` is NaN, and every line is
 accounted for (parsed + skipped = lines). ``--profile`` runs the exporter case once more under cProfile.
 
+The exporter measured is the build users run: by default the checkout `pip install`ed into a fresh venv
+(``--build installed``; ``--build inplace``: a copy of exporter/ as it is), with the scan path asked for
+(``--scan c``, default, or ``--scan pure``); the run stops with exit status 2 and says why when the child
+imported another exporter or ran the other scan path (bench/scanguard.py). The tables name both.
+
 Usage:
   python3 bench/bench.py                                  # 2M lines (1560 iterations), 3 reps
   python3 bench/bench.py --iterations 100 --reps 1        # quick check (~130k lines)
   python3 bench/bench.py --log LOG --nan-at 1500:res4c_branch2b --json out.json --profile
+  python3 bench/bench.py --scan pure --build inplace      # the pure-Python fallback, exporter/ as it is
 """
 
 from __future__ import annotations
