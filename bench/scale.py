@@ -198,6 +198,7 @@ def measure(n: int, args: argparse.Namespace, target: scanguard.Target, logs: tu
         samples = sum(1 for ln in body.decode().splitlines() if ln and not ln.startswith("#"))
         baseline = start([sys.executable, child, "baseline", "--samples", samples_file], None, outdir)
         base = baseline.ask()
+        os.unlink(samples_file)  # loaded: 63 MB at 200 runs
         print(f"scale: N={n}: {loaded['lines_fed']:,} lines fed in {loaded['feed_s']:.1f} s, {samples:,} samples; "
               "scraping", file=sys.stderr, flush=True)
         reps = {"text": args.reps, "OpenMetrics": args.reps_other, "text+gzip": args.reps_other}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -150,6 +151,7 @@ def exporter_main(args: argparse.Namespace) -> int:
         elif cmd == "quit":
             break
     ex.server.shutdown()
+    shutil.rmtree(ex.tmp, ignore_errors=True)
     return 0
 
 
