@@ -24,10 +24,16 @@ res4c_branch2b) has ``caffe_nonfinite_values_total{stage="forward"}`` > 0 from e
 iteration on and no layer before it in forward order has one, ``caffe_loss`` is NaN, and every line is
 accounted for (parsed + skipped = lines). ``--profile`` runs the exporter case once more under cProfile.
 
+The exporter measured is the build users run: by default the checkout `pip install`ed into a fresh venv
+(``--build installed``; ``--build inplace``: a copy of exporter/ as it is), with the scan path asked for
+(``--scan c``, default, or ``--scan pure``); the run stops with exit status 2 and says why when the child
+imported another exporter or ran the other scan path (bench/scanguard.py). The tables name both.
+
 Usage:
   python3 bench/bench.py                                  # 2M lines (1560 iterations), 3 reps
   python3 bench/bench.py --iterations 100 --reps 1        # quick check (~130k lines)
   python3 bench/bench.py --log LOG --nan-at 1500:res4c_branch2b --json out.json --profile
+  python3 bench/bench.py --scan pure --build inplace      # the pure-Python fallback, exporter/ as it is
 """
 
 from __future__ import annotations
@@ -46,7 +52,12 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bench import scanguard
+else:  # run as a script: bench/ is sys.path[0] (the checkout's root is not: it would shadow the build)
+    import scanguard
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -60,17 +71,16 @@ ORIGIN_LAYER = "res4c_branch2b"
 
 
 def child_exporter(log: str, out: str, report: str, profile: str | None, read_bytes: int | None,
-                   pure_python: bool = False) -> int:
+                   scan: str = "c") -> int:
     t_start = time.perf_counter()
     import dataclasses
     import resource
 
     from prometheus_client import generate_latest
 
-    from exporter import config, daemon, scan
+    from exporter import config, daemon
 
-    if pure_python:  # measure the fallback used where exporter/_scan.c could not be compiled
-        scan.C_SCANNER = None
+    probe = scanguard.select(scan)  # `pure`: the fallback used where exporter/_scan.c could not be compiled
     from exporter.identity import SourceRule
     from exporter.tail import Tailer
 
@@ -128,6 +138,7 @@ def child_exporter(log: str, out: str, report: str, profile: str | None, read_by
         "self_user_s": ru.ru_utime,
         "self_sys_s": ru.ru_stime,
         "self_maxrss_kb": ru.ru_maxrss,
+        **probe.report(),
     }
     with open(report, "w") as f:
         json.dump(rep, f)
@@ -139,20 +150,11 @@ def child_exporter(log: str, out: str, report: str, profile: str | None, read_by
 # --------------------------------------------------------------------------------------------------
 
 
-def snapshot_code(outdir: str) -> str:
-    """Copy exporter/ into outdir/src so every rep measures the same code while others edit the checkout."""
-    src = os.path.join(outdir, "src")
-    shutil.copytree(os.path.join(ROOT, "exporter"), os.path.join(src, "exporter"),
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    return src
-
-
-def code_fingerprint(root: str = ROOT) -> str:
-    """sha256 over exporter/**/*.py (which code was measured)."""
+def code_fingerprint(pkg: str) -> str:
+    """sha256 over the measured exporter package's *.py (which code was measured)."""
     import hashlib
 
     h = hashlib.sha256()
-    pkg = os.path.join(root, "exporter")
     for dirpath, dirnames, filenames in os.walk(pkg):
         dirnames.sort()
         for name in sorted(filenames):
@@ -201,10 +203,12 @@ def ensure_log(args: argparse.Namespace) -> str:
 
 def run_child(argv: list[str], stdout_path: str, stderr_path: str, timeout: float,
               env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run argv to completion (killed after `timeout` s); wall, CPU and peak RSS of that child only."""
+    """Run argv to completion (killed after `timeout` s); wall, CPU and peak RSS of that child only. It runs
+    in the output directory: no checkout on its sys.path but the bench/ scripts' own directory."""
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
         t0 = time.perf_counter()
-        p = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env)
+        p = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env,
+                             cwd=os.path.dirname(stdout_path))
         killed = threading.Event()
 
         def kill() -> None:
@@ -228,23 +232,22 @@ def run_child(argv: list[str], stdout_path: str, stderr_path: str, timeout: floa
     return {"wall_s": wall, "user_s": ru.ru_utime, "sys_s": ru.ru_stime, "maxrss_kb": ru.ru_maxrss}
 
 
-def build_cases(args: argparse.Namespace, log: str, outdir: str, src: str) -> list[dict[str, Any]]:
+def build_cases(args: argparse.Namespace, log: str, outdir: str,
+                target: scanguard.Target) -> list[dict[str, Any]]:
     pin = ["taskset", "-c", str(args.cpu)] if shutil.which("taskset") and not args.no_pin else []
-    env = dict(os.environ)
-    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     cases = [{
-        "name": "caffe-exporter" + (" (pure Python)" if args.pure_python else ""),
-        "desc": "Tailer -> Pipeline.on_chunk -> generate_latest, via exporter.daemon.build" + (
-            ", C accelerator disabled" if args.pure_python else "") + (
+        "name": "caffe-exporter" + (" (pure Python)" if args.scan == "pure" else ""),
+        "desc": f"Tailer -> Pipeline.on_chunk -> generate_latest, via exporter.daemon.build, {target.build} "
+                f"build, {scanguard.LABEL[args.scan]}" + (
             f", taskset -c {args.cpu}" if pin else ", not pinned (no taskset)"),
         "kind": "exporter",
         "pinned": bool(pin),
-        "env": env,
-        "argv": lambda rep: [*pin, sys.executable, os.path.abspath(__file__), "--child-exporter", log,
+        "env": target.env,
+        "argv": lambda rep: [*pin, target.python, os.path.abspath(__file__), "--child-exporter", log,
                              "--child-out", os.path.join(outdir, f"exporter.{rep}.prom"),
                              "--child-report", os.path.join(outdir, f"exporter.{rep}.json"),
                              *(["--read-bytes", str(args.read_bytes)] if args.read_bytes else []),
-                             *(["--pure-python"] if args.pure_python else [])],
+                             "--scan", args.scan],
     }]
     peer_pin = pin if args.pin_peers else []
     mtail = shutil.which("mtail")
@@ -384,9 +387,12 @@ def markdown(result: dict[str, Any]) -> str:
                f"{result['date']}")
     out.append("")
     dirty = len(result["exporter_uncommitted"])
-    out.append(f"code: exporter/ snapshot of HEAD {result['git_head']}"
-               f"{f' + {dirty} uncommitted file(s)' if dirty else ''} (sha256 {result['exporter_code_sha256']}); "
-               f"Python {result['python']}; {result['mtail']}")
+    out.append(f"code: exporter/ of HEAD {result['git_head']}"
+               f"{f' + {dirty} uncommitted file(s)' if dirty else ''} (sha256 {result['exporter_code_sha256']}), "
+               f"{result['build']} build at {result['package_dir']}; Python {result['python']}; {result['mtail']}")
+    out.append("")
+    out.append(f"scan path measured: **{scanguard.LABEL[result['scan_path']]}**"
+               + (f" ({result['scan_module']})" if result["scan_module"] and result["scan_path"] == "c" else ""))
     out.append("")
     out.append("| case | wall s | lines/s | MB/s | CPU s | lines per CPU s | peak RSS MB |")
     out.append("|---|---|---|---|---|---|---|")
@@ -444,8 +450,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=900, help="seconds per subprocess (default 900)")
     ap.add_argument("--profile", action="store_true",
                     help="afterwards run the exporter once more under cProfile; print the top 15 by tottime")
-    ap.add_argument("--pure-python", action="store_true",
-                    help="disable the C accelerator (exporter/_scan.c) in the exporter case: the fallback's speed")
+    ap.add_argument("--scan", choices=scanguard.SCAN_PATHS, default="c",
+                    help="the scan path to measure: c (exporter/_scan.c, default) or pure (the fallback where it "
+                         "could not be compiled); the run fails if the other one runs")
+    ap.add_argument("--pure-python", dest="scan", action="store_const", const="pure", help="same as --scan pure")
+    ap.add_argument("--build", choices=scanguard.BUILDS, default="installed",
+                    help="installed (default): `pip install` a copy of the checkout into a fresh venv, as users "
+                         "do; inplace: a copy of exporter/ as it is (scanner built in place or not)")
+    ap.add_argument("--src", default=ROOT, help="the checkout to measure (default: this one)")
     ap.add_argument("--child-exporter", help=argparse.SUPPRESS)
     ap.add_argument("--child-out", help=argparse.SUPPRESS)
     ap.add_argument("--child-report", help=argparse.SUPPRESS)
@@ -453,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.child_exporter:
         return child_exporter(args.child_exporter, args.child_out, args.child_report, args.child_profile,
-                              args.read_bytes, args.pure_python)
+                              args.read_bytes, args.scan)
     if args.nan_at is None:
         args.nan_at = f"{round(args.iterations * 1500 / 1560)}:{ORIGIN_LAYER}"
     nan_iter_s, _, origin = args.nan_at.partition(":")
@@ -466,13 +478,15 @@ def main(argv: list[str] | None = None) -> int:
     size = os.path.getsize(log)
     nlines = count_lines(log)
     subprocess.run(["cat", log], stdout=subprocess.DEVNULL, check=True, timeout=args.timeout)  # page cache
-    src = snapshot_code(outdir)
-    code = code_fingerprint(src)
-    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "exporter"], capture_output=True,
+    target = scanguard.prepare(args.build, os.path.abspath(args.src), outdir, args.timeout)
+    code = code_fingerprint(target.package_dir)
+    dirty = subprocess.run(["git", "-C", args.src, "status", "--porcelain", "--", "exporter"], capture_output=True,
                            text=True, timeout=30).stdout.split("\n")
-    git = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+    git = subprocess.run(["git", "-C", args.src, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                          timeout=30).stdout.strip()
-    cases = build_cases(args, log, outdir, src)
+    print(f"bench: measuring the {target.build} build ({target.package_dir}), asked for {scanguard.LABEL[args.scan]}",
+          file=sys.stderr, flush=True)
+    cases = build_cases(args, log, outdir, target)
     runs: dict[str, list[dict[str, Any]]] = {c["name"]: [] for c in cases}
     checks: list[dict[str, Any]] = []
     mtail_check: dict[str, Any] | None = None
@@ -486,6 +500,10 @@ def main(argv: list[str] | None = None) -> int:
             if c["kind"] == "exporter":
                 with open(os.path.join(outdir, f"exporter.{rep}.json")) as f:
                     r["child"] = json.load(f)
+                wrong = scanguard.check(r["child"], args.scan, target)
+                if wrong:
+                    print(wrong, file=sys.stderr)
+                    return 2
                 ck = verify_exporter(os.path.join(outdir, f"exporter.{rep}.prom"), r["child"], nlines,
                                      None if args.log else args.iterations, nan_iter, origin)
                 series = ck.pop("_series")
@@ -512,7 +530,8 @@ def main(argv: list[str] | None = None) -> int:
         "log": log, "lines": nlines, "bytes": size, "reps": args.reps, "nan_at": args.nan_at,
         "git_head": git, "exporter_uncommitted": [x for x in dirty if x],
         "exporter_code_sha256": code, "python": platform.python_version(), "mtail": mtail_version,
-        "nproc": os.cpu_count(),
+        "nproc": os.cpu_count(), "build": target.build, "package_dir": target.package_dir,
+        "scan_path": args.scan, "scan_module": runs[cases[0]["name"]][-1]["child"]["scan_module"],
         "argv": sys.argv, "outdir": outdir, "cases": [],
     }
     for c in cases:

@@ -22,8 +22,15 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bench import scanguard
+else:  # run as a script: bench/ is sys.path[0] (the checkout's root is not: it would shadow the build)
+    import scanguard
 
 REPO = Path(__file__).resolve().parent.parent
 PREFIX = "I1126 14:26:20.074826 18205 net.cpp:593]     "
@@ -36,8 +43,7 @@ def rss_mib() -> float:
     return 0.0
 
 
-def child(case: str, n: int) -> dict[str, object]:
-    sys.path.insert(0, str(REPO))
+def child(case: str, n: int, scan: str) -> dict[str, object]:
     from prometheus_client import generate_latest
 
     from exporter.config import Config
@@ -45,6 +51,7 @@ def child(case: str, n: int) -> dict[str, object]:
     from exporter.identity import SourceRule
     from exporter.tail import Chunk
 
+    probe = scanguard.select(scan)
     pipeline, registry = build(Config(sources=(SourceRule("jobs"),)))
     generate_latest(registry)
     before = rss_mib()
@@ -80,7 +87,7 @@ def child(case: str, n: int) -> dict[str, object]:
             "rss_after_scrape_mib": round(rss_mib(), 1),
             "bytes_per_item": round((after_feed - before) * (1 << 20) / n, 1), "runs": len(reg.runs),
             "series": reg.budget.total, "dropped": dict(reg.budget.dropped), "feed_s": round(feed_s, 2),
-            "scrape_s": round(scrape_s, 3), "scrape_bytes": len(body)}
+            "scrape_s": round(scrape_s, 3), "scrape_bytes": len(body), **probe.report()}
 
 
 def main() -> int:
@@ -88,15 +95,28 @@ def main() -> int:
     p.add_argument("--layers", type=int, default=1_000_000, help="distinct layer names in one run")
     p.add_argument("--runs", type=int, default=100_000, help="distinct run directories")
     p.add_argument("--unrelated", type=int, default=10_000, help="files of other programs' logs")
+    p.add_argument("--scan", choices=scanguard.SCAN_PATHS, default="c",
+                   help="c (default) or pure; fails if the other one runs")
+    p.add_argument("--build", choices=scanguard.BUILDS, default="installed",
+                   help="installed (pip install into a fresh venv, default) or inplace (exporter/ as it is)")
     p.add_argument("--child", nargs=2, metavar=("CASE", "N"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        print(json.dumps(child(args.child[0], int(args.child[1]))))
+        print(json.dumps(child(args.child[0], int(args.child[1]), args.scan)))
         return 0
-    for case, n in (("layers", args.layers), ("runs", args.runs), ("unrelated", args.unrelated)):
-        out = subprocess.run([sys.executable, __file__, "--child", case, str(n)], capture_output=True, text=True,
-                             check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-        print(out.stdout.strip())
+    with tempfile.TemporaryDirectory(prefix="caffe-exporter-limits-") as work:
+        target = scanguard.prepare(args.build, str(REPO), work)
+        print(f"limits: {target.build} build ({target.package_dir}), {scanguard.LABEL[args.scan]}", flush=True)
+        for case, n in (("layers", args.layers), ("runs", args.runs), ("unrelated", args.unrelated)):
+            out = subprocess.run([target.python, os.path.abspath(__file__), "--child", case, str(n),
+                                  "--scan", args.scan], capture_output=True, text=True, check=True, env=target.env,
+                                 cwd=work)
+            report = json.loads(out.stdout)
+            wrong = scanguard.check(report, args.scan, target, scanned=case != "unrelated")
+            if wrong:
+                print(wrong, file=sys.stderr)
+                return 2
+            print(out.stdout.strip())
     return 0
 
 
