@@ -244,3 +244,18 @@ def test_shard_info_names_the_shard(tree: Path) -> None:
         text = generate_latest(registry).decode()
         fam = next(f for f in text_string_to_metric_families(text) if f.name == "caffe_exporter_shard_info")
         assert [(s.labels, s.value) for s in fam.samples] == [(labels, 1.0)]
+
+
+def test_tailer_set_accept_closes_refused_files_and_reads_accepted_ones_from_their_start(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.log", tmp_path / "b.log"
+    lines = LOGS[0].read_text().splitlines(keepends=True)[:20]
+    a.write_text("".join(lines))
+    b.write_text("".join(lines[:5]))
+    tailer = Tailer([str(tmp_path)], accept=lambda p: p == str(a))
+    assert {c.path for c in tailer.poll() if c.text} == {str(a)}
+    assert tailer.stats.files_open == 1
+    tailer.set_accept(lambda p: p == str(b))
+    chunks = [c for c in tailer.poll() if c.text]
+    assert [(c.path, c.first_line, c.text) for c in chunks] == [(str(b), 1, "".join(lines[:5]))]
+    assert tailer.stats.files_open == 1 and tailer.tracked_paths() == {str(b)}
+    tailer.close()
