@@ -259,3 +259,20 @@ def test_tailer_set_accept_closes_refused_files_and_reads_accepted_ones_from_the
     assert [(c.path, c.first_line, c.text) for c in chunks] == [(str(b), 1, "".join(lines[:5]))]
     assert tailer.stats.files_open == 1 and tailer.tracked_paths() == {str(b)}
     tailer.close()
+
+
+def test_pipeline_keeps_nothing_of_a_path_it_does_not_accept(tmp_path: Path) -> None:
+    mine, theirs = tmp_path / "mine" / "caffe.log", tmp_path / "theirs" / "caffe.log"
+    for p in (mine, theirs):
+        p.parent.mkdir()
+        shutil.copy(LOGS[0], p)
+    cfg = config.Config(sources=(SourceRule(str(tmp_path)),))
+    pipeline, _ = daemon.build(cfg)
+    pipeline.accept = lambda path: path == str(mine)
+    tailer = Tailer([str(tmp_path)], stats=pipeline.tail_stats)  # reads both: only the pipeline filters
+    for chunk in tailer.poll():
+        pipeline.on_chunk(chunk)
+    tailer.close()
+    assert list(pipeline.registry.runs) == ["mine"]
+    assert set(pipeline.applied) == {str(mine)}
+    assert pipeline.lines.parsed + pipeline.lines.skipped == mine.read_bytes().count(b"\n")
