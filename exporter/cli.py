@@ -50,6 +50,8 @@ def _config_from_args(args: argparse.Namespace) -> config.Config:
         changes["poll_interval"] = args.poll_interval
     if args.checkpoint_file:
         changes["checkpoint_file"] = args.checkpoint_file
+    if args.shard is not None:
+        changes["shard"] = config.parse_shard(args.shard, "--shard")
     return dataclasses.replace(cfg, **changes)  # type: ignore[arg-type]
 
 
@@ -75,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--poll", action="store_true", help="poll with stat() instead of inotify (network filesystems)")
     p.add_argument("--poll-interval", type=float, help="seconds between polls (default 1)")
     p.add_argument("--checkpoint-file", help="save offsets and run state here, and continue from it after a restart")
+    p.add_argument("--shard", metavar="INDEX/TOTAL", help="export only the runs shard INDEX (0-based) of TOTAL "
+                   "exporters over the same files owns, e.g. 0/3 (docs/configuration.md, shard)")
     p.add_argument("--log-level", default="INFO")
     d = sub.add_parser("demo", help="serve metrics from a real Caffe log replayed live (no Caffe needed)")
     d.add_argument("--listen", default="127.0.0.1:10052")

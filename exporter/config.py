@@ -12,9 +12,11 @@ from typing import Any, TypeVar
 
 import yaml
 
+from exporter import shard as sharding
 from exporter.detectors import DetectorConfig
 from exporter.identity import SourceRule, check_label_name
 from exporter.lifecycle import LifecycleConfig, parse_duration
+from exporter.shard import Shard
 from exporter.state import Limits
 
 DEFAULT_LISTEN = "0.0.0.0:10052"
@@ -42,6 +44,7 @@ class Config:
     detectors: DetectorConfig = field(default_factory=DetectorConfig)
     limits: Limits = field(default_factory=Limits)
     runs: LifecycleConfig = field(default_factory=LifecycleConfig)
+    shard: Shard = field(default_factory=Shard)  # this exporter's share of the runs (docs/configuration.md, shard)
 
     @property
     def max_series_per_run(self) -> int:
@@ -135,7 +138,7 @@ _SCALARS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "checkpoint_interval": (_seconds(0), "a positive number of seconds"),
 }
 _FLOATS = {"poll_interval", "idle_close", "rotate_wait", "checkpoint_interval"}
-_SECTIONS = {"sources", "limits", "runs", "detectors"}
+_SECTIONS = {"sources", "limits", "runs", "detectors", "shard"}
 
 
 def from_mapping(data: Any, where: str) -> Config:
@@ -163,12 +166,24 @@ def from_mapping(data: Any, where: str) -> Config:
                                f"{where}: limits")
     values["runs"] = _lifecycle(_get(data, "runs", w, lambda v: isinstance(v, dict), "a mapping", {}),
                                 f"{where}: runs")
+    if "shard" in data:
+        values["shard"] = parse_shard(data["shard"], f"{where}: shard")
     raw_detectors: dict[str, Any] = _get(data, "detectors", w, lambda v: isinstance(v, dict), "a mapping", {})
     try:
         values["detectors"] = DetectorConfig.from_mapping(raw_detectors, where)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return Config(**values)
+
+
+def parse_shard(value: Any, where: str) -> Shard:
+    """``"I/N"`` from the file or ``--shard``; a ConfigError names ``where``."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string INDEX/TOTAL such as \"0/3\" (shard 0 of 3), got {value!r}")
+    try:
+        return sharding.parse(value)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def _limits(d: Mapping[str, Any], where: str) -> Limits:

@@ -31,6 +31,7 @@ from exporter.identity import RunNamer
 from exporter.lifecycle import Lifecycle
 from exporter.pipeline import Pipeline
 from exporter.serve import Server, make_app, start_server
+from exporter.shard import Shard, ShardFilter
 from exporter.state import RunRegistry
 from exporter.tail import Chunk, Tailer, TailStats, follow, read_stream
 from exporter.tail.follow import RESCAN_INTERVAL
@@ -67,11 +68,21 @@ class _Guarded(Collector):
         return families
 
 
+def shard_filter(shard: Shard, namer: RunNamer) -> Callable[[str], bool] | None:
+    """Which paths this exporter reads (its shard's runs, named as the registry names them before it tells
+    colliding names apart); None when it is the only shard, so that an unsharded exporter pays nothing."""
+    if not shard.sharded:
+        return None
+    return ShardFilter(shard, lambda path: namer(path)[0])
+
+
 def build(cfg: config.Config) -> tuple[Pipeline, CollectorRegistry]:
     """The pipeline and a registry holding its collectors (nothing registers globally)."""
-    runs = RunRegistry(identify=RunNamer(cfg.sources), make_observers=make_observers(cfg.detectors),
-                       limits=cfg.limits, clock=time.time)
-    pipeline = Pipeline(runs, TailStats())
+    namer = RunNamer(cfg.sources)
+    runs = RunRegistry(identify=namer, make_observers=make_observers(cfg.detectors), limits=cfg.limits,
+                       clock=time.time)
+    pipeline = Pipeline(runs, TailStats(), accept=shard_filter(cfg.shard, namer),
+                        shard=(cfg.shard.index, cfg.shard.total))
     registry = CollectorRegistry()
     # runs, anomalies and self-metrics rendered from one state per scrape; a failure costs the scrape its
     # caffe_* families (counted in errors_total{stage="collect"}), never the process and self-metrics
@@ -184,12 +195,14 @@ class _Daemon:
 
     def _tail(self, paths: list[str]) -> None:
         cfg = self.cfg
+        accept = self.pipeline.accept
+        positions = {p: pos for p, pos in self.restored.positions.items() if accept is None or accept(p)}
         tailer = Tailer(paths, start_at_end=cfg.start_at == "end", max_line_bytes=cfg.max_line_bytes,
-                        read_bytes=cfg.read_bytes, stats=self.pipeline.tail_stats,
-                        positions=self.restored.positions, max_open_files=cfg.max_open_files,
-                        idle_close=cfg.idle_close, rotate_wait=cfg.rotate_wait)
+                        read_bytes=cfg.read_bytes, stats=self.pipeline.tail_stats, positions=positions,
+                        max_open_files=cfg.max_open_files, idle_close=cfg.idle_close,
+                        rotate_wait=cfg.rotate_wait, accept=accept)
         self.tailer = tailer
-        self.pipeline.applied.update(self.restored.positions)
+        self.pipeline.applied.update(positions)
         self.readers.append(_Reader("tail", lambda: _read_files(tailer, self.pipeline, cfg, self.stop, self.ready,
                                                                 self._follow)))
 
@@ -247,17 +260,22 @@ def _reload(cfg: config.Config, load: Callable[[], config.Config], pipeline: Pip
     if "-" in paths and "-" not in [s.path for s in cfg.sources]:
         log.warning("configuration reload: standard input can only be read from the start")
     with pipeline.lock:
-        _apply(new, pipeline.registry, lifecycle)
+        _apply(new, pipeline, lifecycle)
         if tailer is not None:
             tailer.set_sources([p for p in paths if p != "-"])
+            tailer.set_accept(pipeline.accept)
         pipeline.reload_status = (True, time.time())
+    if new.shard != cfg.shard:
+        log.info("configuration reload: shard %s -> %s", cfg.shard, new.shard)
     log.info("configuration reloaded: sources %s", paths)
     return dataclasses.replace(new, **{k: getattr(cfg, k) for k in restart})
 
 
-def _apply(new: config.Config, registry: RunRegistry, lifecycle: Lifecycle) -> None:
+def _apply(new: config.Config, pipeline: Pipeline, lifecycle: Lifecycle) -> None:
     """The reloadable settings, applied to the runs that stay (the caller holds the pipeline lock)."""
-    registry.identify = RunNamer(new.sources)
+    registry = pipeline.registry
+    registry.identify = namer = RunNamer(new.sources)
+    pipeline.accept, pipeline.shard = shard_filter(new.shard, namer), (new.shard.index, new.shard.total)
     registry.make_observers = make_observers(new.detectors)
     for run in registry.runs.values():
         if run.sources and run.sources[-1] != "-":  # static labels and run_regex labels of runs that stay
@@ -271,6 +289,20 @@ def _apply(new: config.Config, registry: RunRegistry, lifecycle: Lifecycle) -> N
         if run.sources != ["-"] and not any(rule.covers(src) for rule in new.sources for src in run.sources):
             # its files are no longer read; if the source comes back they are read from the start
             registry.drop(name, "removed")
+    drop_unowned(pipeline)
+
+
+def drop_unowned(pipeline: Pipeline) -> list[str]:
+    """Drop the runs another shard owns now (a reload or restart with another shard, a checkpoint of
+    another shard); they are counted in runs_expired_total{reason="resharded"}. Returns their names."""
+    accept, registry = pipeline.accept, pipeline.registry
+    if accept is None:
+        return []
+    gone = [name for name, run in registry.runs.items() if run.sources and not any(accept(s) for s in run.sources)]
+    for name in gone:
+        for path in registry.drop(name, "resharded"):
+            pipeline.applied.pop(path, None)
+    return gone
 
 
 def _read_files(tailer: Tailer, pipeline: Pipeline, cfg: config.Config, stop: threading.Event,
@@ -341,6 +373,8 @@ def restore(cfg: config.Config, pipeline: Pipeline,
             return pipeline, registry, checkpoint.Restored({}, {})
         restored = checkpoint.restore(data, pipeline.registry, cfg.detectors)
         pipeline.restore_counters(restored.counters)
+        for name in drop_unowned(pipeline):
+            log.info("restored run %s belongs to another shard than %s: dropped", name, cfg.shard)
         failures = pipeline.errors.counts["collect"]
         generate_latest(registry)
         if pipeline.errors.counts["collect"] != failures:

@@ -42,32 +42,42 @@ class Pipeline:
     generation: int = 0  # chunks applied so far: a checkpoint is due only when it moved
     # (last reload successful, Unix time of the last successful load): the start counts as one
     reload_status: tuple[bool, float] = (True, 0.0)
+    # whether this exporter exports a path's run (sharding, see exporter/shard.py); None: every path. A path
+    # it refuses leaves no trace (no run, no committed position, no line counted): another exporter reads it.
+    # Called for every chunk (the tailer filters first, so this catches what was in flight across a reload):
+    # make it cheap (ShardFilter caches per path).
+    accept: Callable[[str], bool] | None = None
+    shard: tuple[int, int] = (0, 1)  # (index, total) for caffe_exporter_shard_info
 
     def on_chunk(self, chunk: Chunk) -> None:
-        if not chunk.text:  # only moves the position (a dropped oversized line, a skip, a forget)
-            if chunk.end is not None:
-                with self.lock:
+        total = chunk.text.count("\n")
+        with self.lock:  # accept is asked under the lock: a reload that changes it is never half seen
+            if self.accept is not None and not self.accept(chunk.path):
+                return
+            if not chunk.text:  # only moves the position (a dropped oversized line, a skip, a forget)
+                if chunk.end is not None:
                     self.applied[chunk.path] = chunk.end
                     self.generation += 1
-            return
-        total = chunk.text.count("\n")
-        with self.lock:
-            try:
-                parsed = self.registry.feed(chunk)
-            except Exception as e:
-                # A tailing thread that died would leave every run frozen with no sign: keep reading.
-                self.errors.report(stage_of(e, "state"), chunk.path, e, f"(lines {chunk.first_line}-"
-                                   f"{chunk.first_line + max(total - 1, 0)})")
-                self.lines.failed += total
-            else:
-                self.errors.ok("state", chunk.path)
-                self.lines.parsed += parsed
-                self.lines.skipped += total - parsed
-            self.generation += 1
-            if chunk.end is not None:
-                self.applied[chunk.path] = chunk.end
-            if self.after_chunk is not None:
-                self.after_chunk()
+                return
+            self._apply(chunk, total)
+
+    def _apply(self, chunk: Chunk, total: int) -> None:
+        try:
+            parsed = self.registry.feed(chunk)
+        except Exception as e:
+            # A tailing thread that died would leave every run frozen with no sign: keep reading.
+            self.errors.report(stage_of(e, "state"), chunk.path, e, f"(lines {chunk.first_line}-"
+                               f"{chunk.first_line + max(total - 1, 0)})")
+            self.lines.failed += total
+        else:
+            self.errors.ok("state", chunk.path)
+            self.lines.parsed += parsed
+            self.lines.skipped += total - parsed
+        self.generation += 1
+        if chunk.end is not None:
+            self.applied[chunk.path] = chunk.end
+        if self.after_chunk is not None:
+            self.after_chunk()
 
     def counters(self) -> dict[str, float]:
         """The exporter's own counters that continue across restarts (saved in checkpoints); call under the lock."""

@@ -49,6 +49,7 @@ import pytest
 import yaml
 
 from exporter import config
+from exporter.shard import Shard
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -613,3 +614,141 @@ def test_build_context_builds_a_wheel(tmp_path: Path) -> None:
         entry_points = next(z.read(n).decode() for n in names if n.endswith("entry_points.txt"))
     assert "exporter/cli.py" in names and any(n.startswith("exporter/demo_data/") for n in names)
     assert "caffe-exporter = exporter.cli:main" in entry_points
+
+
+# ---------------------------------------------------------------------------------------------- sharded StatefulSet
+
+SHARDED = K8S / "sharded"
+SHARED_DIR = "/shared/caffe-jobs"
+
+
+def _sharded_docs() -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = []
+    for p in sorted(SHARDED.glob("*.yaml")):
+        if p.name != "kustomization.yaml":
+            docs.extend(d for d in yaml.safe_load_all(p.read_text()) if d is not None)
+    return docs
+
+
+def _sharded(kind: str) -> dict[str, Any]:
+    found = [d for d in _sharded_docs() if d.get("kind") == kind]
+    assert len(found) == 1, f"expected exactly one {kind} in {SHARDED}, found {len(found)}"
+    return found[0]
+
+
+def _sharded_container() -> dict[str, Any]:
+    (c,) = _sharded("StatefulSet")["spec"]["template"]["spec"]["containers"]
+    container: dict[str, Any] = c
+    return container
+
+
+def _expanded_args(ordinal: int) -> list[str]:
+    """The container's args as the kubelet expands them for pod `ordinal` ($(VAR) from the env)."""
+    env: dict[str, str] = {}
+    for e in _sharded_container()["env"]:
+        if "value" in e:
+            env[e["name"]] = e["value"]
+        else:
+            assert e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['apps.kubernetes.io/pod-index']"
+            env[e["name"]] = str(ordinal)
+    return [re.sub(r"\$\((\w+)\)", lambda m: env[m[1]], a) for a in _sharded_container()["args"]]
+
+
+def test_sharded_kustomize_builds_a_statefulset_and_no_daemonset() -> None:
+    k = yaml.safe_load((SHARDED / "kustomization.yaml").read_text())
+    assert "namespace" not in k
+    assert set(k["resources"]) == {p.name for p in SHARDED.glob("*.yaml")} - {"kustomization.yaml"}
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not installed: `kubectl kustomize deploy/kubernetes/sharded` not run")
+    r = _run([kubectl, "kustomize", str(SHARDED)])
+    assert r.returncode == 0, f"kubectl kustomize failed:\n{r.stderr}"
+    kinds = sorted(d["kind"] for d in yaml.safe_load_all(r.stdout) if d)
+    assert kinds == ["ConfigMap", "PersistentVolumeClaim", "Service", "ServiceMonitor", "StatefulSet"], kinds
+
+
+def test_sharded_pods_take_their_shard_from_the_ordinal(serve_flags: set[str]) -> None:
+    sts = _sharded("StatefulSet")
+    replicas = sts["spec"]["replicas"]
+    assert replicas >= 2
+    for ordinal in range(replicas):
+        args = _expanded_args(ordinal)
+        assert not [f for f in _flags(args) if f not in serve_flags]
+        value = _flag_value(args, "--shard")
+        assert value is not None, "the StatefulSet must pass --shard"
+        assert config.parse_shard(value, "--shard") == Shard(ordinal, replicas), "SHARD_TOTAL != replicas"
+
+
+def test_sharded_pods_read_one_shared_read_only_volume() -> None:
+    pod = _sharded("StatefulSet")["spec"]["template"]["spec"]
+    (claim,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    assert claim["persistentVolumeClaim"]["readOnly"] is True
+    pvc = _sharded("PersistentVolumeClaim")
+    assert claim["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+    assert pvc["spec"]["accessModes"] == ["ReadOnlyMany"]
+    mounts = _sharded_container()["volumeMounts"]
+    assert all(m["readOnly"] is True for m in mounts)
+    assert [m["mountPath"] for m in mounts if m["name"] == claim["name"]] == [SHARED_DIR]
+    (cm_volume,) = [v for v in pod["volumes"] if "configMap" in v]
+    cm = _sharded("ConfigMap")
+    assert cm_volume["configMap"]["name"] == cm["metadata"]["name"]
+    assert _flag_value(_expanded_args(0), "--config") == \
+        f"{next(m['mountPath'] for m in mounts if m['name'] == cm_volume['name'])}/config.yml"
+    cfg = config.from_mapping(yaml.safe_load(cm["data"]["config.yml"]), "sharded/configmap.yaml")
+    assert [s.path for s in cfg.sources] == [SHARED_DIR] and cfg.poll is True
+    assert cfg.shard == Shard(), "the shard comes from the pod, not from the config every pod shares"
+
+
+def test_sharded_statefulset_is_hardened_and_selected_by_its_service() -> None:
+    sts, svc, sm = _sharded("StatefulSet"), _sharded("Service"), _sharded("ServiceMonitor")
+    pod, c = sts["spec"]["template"]["spec"], _sharded_container()
+    csc = c["securityContext"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 10052
+    assert csc["readOnlyRootFilesystem"] is True and csc["allowPrivilegeEscalation"] is False
+    assert csc["capabilities"]["drop"] == ["ALL"] and pod.get("automountServiceAccountToken") is False
+    for probe, path in PROBES.items():
+        assert c[probe]["httpGet"]["path"] == path
+    assert [p["containerPort"] for p in c["ports"]] == [PORT]
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert sts["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert sts["spec"]["serviceName"] == svc["metadata"]["name"] and svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["selector"].items() <= labels.items()
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    base_pods = _one("DaemonSet")["spec"]["template"]["metadata"]["labels"]
+    assert not svc["spec"]["selector"].items() <= base_pods.items(), "must not select the DaemonSet's pods"
+
+
+def _status(url: str) -> int:
+    try:
+        return _get(url)[0]
+    except urllib.error.URLError:  # not listening yet
+        return 0
+
+
+def test_real_exporters_with_the_statefulset_args_split_the_runs(tmp_path: Path) -> None:
+    """Every pod's args (ordinal expanded, config pointed at a sandbox tree): disjoint runs, none missing."""
+    tree = tmp_path / "jobs"
+    for i in range(9):
+        (tree / f"job-{i}").mkdir(parents=True)
+        shutil.copy(FIXTURE_LOG, tree / f"job-{i}" / "caffe.log")
+    cfg_file = tmp_path / "config.yml"
+    text = _sharded("ConfigMap")["data"]["config.yml"].replace(SHARED_DIR, str(tree))
+    cfg_file.write_text(text.replace("poll_interval: 1.0", "poll_interval: 0.2"))
+    replicas = _sharded("StatefulSet")["spec"]["replicas"]
+    exported: list[set[str]] = []
+    with contextlib.ExitStack() as stack:
+        for ordinal in range(replicas):
+            args = _expanded_args(ordinal)
+            args[args.index("--config") + 1] = str(cfg_file)
+            port = _free_port()
+            proc = stack.enter_context(_exporter([*args, "--listen", f"127.0.0.1:{port}"],
+                                                 tmp_path / f"shard-{ordinal}.log"))
+            deadline = time.monotonic() + 30
+            while _status(f"http://127.0.0.1:{port}/-/ready") != 200:
+                assert proc.poll() is None and time.monotonic() < deadline, "the exporter never became ready"
+                time.sleep(0.1)
+            metrics = _get(f"http://127.0.0.1:{port}/metrics")[1]
+            assert f'caffe_exporter_shard_info{{index="{ordinal}",total="{replicas}"}} 1.0' in metrics
+            exported.append(set(re.findall(r'^caffe_iteration\{run="([^"]+)"', metrics, re.MULTILINE)))
+    assert sorted(r for runs in exported for r in runs) == [f"job-{i}" for i in range(9)]
+    assert all(exported), f"a shard exports nothing: {exported}"

@@ -54,6 +54,7 @@ ALLOWED: dict[str, set[str]] = {
        for m in DETECTOR_MODULES},
     "errors": set(),  # used by the wiring stages (pipeline, daemon) only
     "pipeline": {"errors", "events", "state", "tail"},
+    "shard": set(),  # pure: which shard owns a run name
     "collectors": set(),
     "collectors.family": set(),  # a family declared once: name, type, HELP, labels
     "collectors.runs": {"collectors.family", "state"},
@@ -64,7 +65,7 @@ ALLOWED: dict[str, set[str]] = {
     "http1": set(),  # the protocol, pure
     "httpserver": {"http1"},
     "serve": {"exporter", "http1", "httpserver"},
-    "config": {"detectors", "identity", "lifecycle", "state"},
+    "config": {"detectors", "identity", "lifecycle", "shard", "state"},
     "lifecycle": {"state"},
     "jsonvalue": set(),
     "diagnose": {"config", "detectors", "events", "identity", "jsonvalue", "state", "tail"},

@@ -51,7 +51,7 @@ def test_deleted_finished_and_stale_runs_leave_metrics_landing_page_and_checkpoi
             return {lab["reason"]: v for lab, v in samples(http_get(url + "/metrics"),
                                                           "caffe_exporter_runs_expired_total")}
 
-        assert expired() == {"deleted": 0, "finished": 0, "stale": 0, "removed": 0}
+        assert expired() == {"deleted": 0, "finished": 0, "stale": 0, "removed": 0, "resharded": 0}
         for name, data in (("done", HEALTHY), ("gone", TRAINING), ("old", TRAINING)):
             (root / name).mkdir()
             (root / name / "caffe.log").write_bytes(data)
@@ -64,7 +64,7 @@ def test_deleted_finished_and_stale_runs_leave_metrics_landing_page_and_checkpoi
                        interval=0.1, procs=[proc])
             assert expired()[reason] == 1
             assert f"<td>{name}</td>" not in http_get(url + "/")
-        assert expired() == {"deleted": 1, "finished": 1, "stale": 1, "removed": 0}
+        assert expired() == {"deleted": 1, "finished": 1, "stale": 1, "removed": 0, "resharded": 0}
         assert runs_on_metrics() == set()
         with (root / "old" / "caffe.log").open("ab") as f:  # a dropped log grows again
             f.write(HEALTHY[len(TRAINING):])

@@ -12,7 +12,8 @@ from exporter import __version__
 from exporter.collectors.family import Family
 from exporter.pipeline import Pipeline
 
-EXPIRY_REASONS = ("deleted", "finished", "stale", "removed")  # lifecycle.REASONS (collectors come before the lifecycle)
+# lifecycle.REASONS, then the daemon's (collectors come before the lifecycle)
+EXPIRY_REASONS = ("deleted", "finished", "stale", "removed", "resharded")
 DROP_REASONS = ("max_series_per_run", "max_series", "max_runs", "name_too_long", "layer_filter")
 
 
@@ -57,14 +58,18 @@ RUNS_EXPIRED = Family(
     "caffe_exporter_runs_expired", "counter",
     "Runs dropped by the lifecycle (runs: in the configuration), by reason: deleted (every log "
     "file gone for deleted_grace), finished (finished_ttl after the last read of a finished run), "
-    "stale (stale_ttl after the last read), removed (its source left the configuration on reload).", ("reason",))
+    "stale (stale_ttl after the last read), removed (its source left the configuration on reload), resharded "
+    "(another shard owns it since a reload or restart with another shard).", ("reason",))
 RELOAD_OK = Family("caffe_exporter_config_last_reload_successful", "gauge", "1 if the last configuration "
                    "reload (SIGHUP) succeeded, 0 if the file was broken and the old one kept.")
 RELOAD_TIME = Family("caffe_exporter_config_last_reload_success_timestamp_seconds", "gauge", "Time of the last "
                      "successful configuration load (start or SIGHUP), Unix seconds.")
+SHARD_INFO = Family("caffe_exporter_shard_info", "gauge", "Always 1: the shard of the runs this exporter "
+                    "exports (index of total exporters over the same files; 0 of 1 when not sharded).",
+                    ("index", "total"))
 FAMILIES: tuple[Family, ...] = (BUILD_INFO, LINES, ERRORS, BYTES_READ, FILES_WATCHED, FILES_OPEN, RUNS, ROTATIONS,
                                 TRUNCATIONS, READ_ERRORS, UNREADABLE, LAST_READ, BACKLOG, SERIES_DROPPED, SERIES,
-                                RUNS_EXPIRED, RELOAD_OK, RELOAD_TIME)
+                                RUNS_EXPIRED, RELOAD_OK, RELOAD_TIME, SHARD_INFO)
 
 
 class ExporterCollector(Collector):
@@ -107,6 +112,7 @@ class ExporterCollector(Collector):
             _by_label(RUNS_EXPIRED, EXPIRY_REASONS, p.registry.expired),
             RELOAD_OK.of(1.0 if reload_ok else 0.0),
             RELOAD_TIME.of(reload_time),
+            SHARD_INFO.of(1, str(p.shard[0]), str(p.shard[1])),
         ]
 
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 
 from exporter.events import Chunk, FilePosition
-from exporter.tail.discover import Discovery
+from exporter.tail.discover import Candidate, Discovery
 from exporter.tail.files import Limits, Streams
 from exporter.tail.resume import FileId, Positions, matches, position_now
 from exporter.tail.stats import TailStats
@@ -68,6 +68,7 @@ class Tailer:
         rotate_wait: float = 5.0,
         monotonic: Callable[[], float] = time.monotonic,
         rewalk_every: float = 60.0,
+        accept: Callable[[str], bool] | None = None,
     ) -> None:
         if max_line_bytes < 1 or read_bytes < 1 or max_open_files < 1:
             raise ValueError("max_line_bytes, read_bytes and max_open_files must be positive")
@@ -82,6 +83,7 @@ class Tailer:
         self._paths: list[str] = []  # the candidates of the last full poll
         self._lock = threading.Lock()  # guards the requests, shared with other threads
         self._requests: list[tuple[str, object]] = []
+        self._accept = accept  # paths it refuses are never opened (sharding: another exporter reads them)
 
     # thread-safe requests ---------------------------------------------------------------------
 
@@ -100,6 +102,13 @@ class Tailer:
         any more are closed (their unterminated last line counted as partial) and no longer tracked."""
         with self._lock:
             self._requests.append(("sources", list(sources)))
+
+    def set_accept(self, accept: Callable[[str], bool] | None) -> None:
+        """Replace the path filter (a reload that changes the shard); applied at the next poll. Files it
+        refuses are closed and no longer tracked, as by :meth:`set_sources`; files it now accepts are read
+        from their start at that poll."""
+        with self._lock:
+            self._requests.append(("accept", accept))
 
     def tracked_paths(self) -> frozenset[str]:
         """Paths whose position still means something: followed (open or idle-closed), forgotten, or
@@ -130,7 +139,7 @@ class Tailer:
         streams, positions = self._streams, self._positions
         now = streams.now = self._monotonic()
         yield from self._apply_requests(now)
-        candidates = self._discovery.candidates(now)
+        candidates = self._candidates(now)
         paths = [c.path for c in candidates]
         ident = _ident_cache()
         if first and (positions.saved or positions.forgotten):
@@ -195,12 +204,20 @@ class Tailer:
             if kind == "sources":
                 assert isinstance(arg, list)
                 self._discovery.set_sources(arg)
-                self._drop_uncovered({c.path for c in self._discovery.candidates(now)})
+                self._drop_uncovered({c.path for c in self._candidates(now)})
+            elif kind == "accept":
+                self._accept = arg  # type: ignore[assignment]
+                self._drop_uncovered({c.path for c in self._candidates(now)})
             else:
                 assert isinstance(arg, str)
                 forgets.append(arg)
         for path in forgets:
             yield from self._forget(path)
+
+    def _candidates(self, now: float) -> list[Candidate]:
+        found = self._discovery.candidates(now)
+        accept = self._accept
+        return found if accept is None else [c for c in found if accept(c.path)]
 
     # lifecycle --------------------------------------------------------------------------------
 
