@@ -226,7 +226,13 @@ class _Record:
     run: RunState  # the run it encodes (a run dropped and re-created under the same name is another one)
     key: tuple[Any, ...]  # what it was encoded from: the same key, the same bytes
     sources: list[str]
-    data: bytes
+    taken: dict[str, Any] | None  # the record as taken under the lock, until it is encoded
+    data: bytes = b""
+
+    def encode(self) -> _Record:
+        if self.taken is not None:
+            self.data, self.taken = _dumps(self.taken), None
+        return self
 
 
 class Snapshotter:
@@ -234,10 +240,11 @@ class Snapshotter:
     (its state, analysis and own offsets in one hold: the record is self-consistent), then once more for the
     runs that appeared or gained a file meanwhile, the offsets no run owns and the counters. A run unchanged
     since the last save (same feed count, reload epoch, lifecycle stamps and offsets) reuses its bytes.
-    JSON is encoded under the lock (encoding reads the live state), the file is joined and written outside it.
 
-    `prune` runs under the lock first (the daemon drops offsets of files the tailer has finished with);
-    `longest_hold` is the longest the last call held `lock`, measured with `clock`.
+    Under the lock a record is only taken (`to_dict`: fresh lists and dicts of immutable values, from
+    exporter/codec.py and dataclasses.asdict); it is JSON-encoded after the lock is released, and the file is
+    joined and written outside it. `prune` runs under the lock first (the daemon drops offsets of files the
+    tailer has finished with); `longest_hold` is the longest the last call held `lock`, measured with `clock`.
     """
 
     def __init__(self, lock: threading.Lock, registry: RunRegistry, applied: Mapping[str, FilePosition],
@@ -257,21 +264,24 @@ class Snapshotter:
         records: dict[str, _Record] = {}
         for run in runs:
             with self._hold():
-                if self.registry.runs.get(run.run) is run:
-                    records[run.run] = self._record(run)
+                if self.registry.runs.get(run.run) is not run:
+                    continue  # dropped since
+                rec = self._take(run)
+            records[run.run] = rec.encode()
         with self._hold():
-            for run in saved_runs(self.registry):  # new runs, and runs that gained a file since their hold
+            current = saved_runs(self.registry)
+            for run in current:  # new runs, and runs that gained a file since their hold
                 rec = records.get(run.run)
                 if rec is None or rec.run is not run or rec.sources != run.sources:
-                    records[run.run] = self._record(run)
-            current = {run.run for run in saved_runs(self.registry)}
-            head = _dumps(_encode_positions(unowned(self.registry, self.applied)))
-            tail = _dumps(dict(self.counters()))
-        self._cache = {name: rec for name, rec in records.items() if name in current}
+                    records[run.run] = self._take(run)
+            head = _encode_positions(unowned(self.registry, self.applied))
+            counters = dict(self.counters())
+        self._cache = {run.run: records[run.run].encode() for run in current}
         body = b",".join(rec.data for rec in self._cache.values())
-        return b'{"version":%d,"positions":%s,"runs":[%s],"counters":%s}' % (VERSION, head, body, tail)
+        return b'{"version":%d,"positions":%s,"runs":[%s],"counters":%s}' % (
+            VERSION, _dumps(head), body, _dumps(counters))
 
-    def _record(self, run: RunState) -> _Record:
+    def _take(self, run: RunState) -> _Record:
         """Call under the lock."""
         own = tuple((p, self.applied[p]) for p in run.sources if p in self.applied)
         key = (self.registry.changes[run.run], self.registry.epoch, run.read_at, run.gone_at, own)
@@ -279,7 +289,7 @@ class Snapshotter:
         if cached is not None and cached.run is run and cached.key == key:
             return cached
         self.encoded += 1
-        return _Record(run, key, list(run.sources), _dumps(record(run, self.applied)))
+        return _Record(run, key, list(run.sources), record(run, self.applied))
 
     @contextlib.contextmanager
     def _hold(self) -> Iterator[None]:
