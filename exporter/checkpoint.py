@@ -271,8 +271,8 @@ class Snapshotter:
         with self._hold():
             current = saved_runs(self.registry)
             for run in current:  # new runs, and runs that gained a file since their hold
-                rec = records.get(run.run)
-                if rec is None or rec.run is not run or rec.sources != run.sources:
+                prev = records.get(run.run)
+                if prev is None or prev.run is not run or prev.sources != run.sources:
                     records[run.run] = self._take(run)
             head = _encode_positions(unowned(self.registry, self.applied))
             counters = dict(self.counters())
