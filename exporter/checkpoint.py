@@ -277,9 +277,11 @@ class Snapshotter:
             head = _encode_positions(unowned(self.registry, self.applied))
             counters = dict(self.counters())
         self._cache = {run.run: records[run.run].encode() for run in current}
-        body = b",".join(rec.data for rec in self._cache.values())
-        return b'{"version":%d,"positions":%s,"runs":[%s],"counters":%s}' % (
-            VERSION, _dumps(head), body, _dumps(counters))
+        parts = [b'{"version":%d,"positions":%s,"runs":[' % (VERSION, _dumps(head))]
+        for i, rec in enumerate(self._cache.values()):
+            parts += [b",", rec.data] if i else [rec.data]
+        parts.append(b'],"counters":%s}' % _dumps(counters))
+        return b"".join(parts)  # one copy of the records (they stay cached for the next save)
 
     def _take(self, run: RunState) -> _Record:
         """Call under the lock."""
