@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, generate_latest
 from prometheus_client.metrics_core import Metric
@@ -237,8 +237,7 @@ class _Daemon:
         for t in self.threads:
             t.join(timeout=5)
         if self.saver is not None and status == 0:
-            with self.pipeline.lock:
-                self.saver.save()
+            self.saver.save()  # takes the pipeline lock itself, one run at a time
         if self.tailer is not None:
             self.tailer.close()
 
@@ -335,21 +334,22 @@ def _catch_up(tailer: Tailer, pipeline: Pipeline, monotonic: Callable[[], float]
 
 def _save_periodically(saver: checkpoint.Checkpointer, pipeline: Pipeline, stop: threading.Event) -> None:
     """Every checkpoint_interval, if chunks were applied since the last save (so an idle exporter writes
-    nothing). The save runs under the pipeline lock: state and committed offsets describe the same lines."""
+    nothing). The save takes the pipeline lock one run at a time (checkpoint.Snapshotter), never for all."""
     saved_generation = pipeline.generation
     while not stop.wait(saver.interval):
-        with pipeline.lock:
-            if pipeline.generation != saved_generation and saver.save():
-                saved_generation = pipeline.generation
+        generation = pipeline.generation  # chunks applied during the save make the next one due
+        if generation != saved_generation and saver.save():
+            saved_generation = generation
 
 
 def _checkpointer(cfg: config.Config, pipeline: Pipeline, tailer: Tailer | None) -> checkpoint.Checkpointer:
-    def state() -> dict[str, Any] | None:  # the caller holds pipeline.lock
+    def prune() -> None:  # under pipeline.lock
         if tailer is not None:  # files the tailer has finished with (deleted, drained) leave the checkpoint
             tracked = tailer.tracked_paths()
             for path in [p for p in pipeline.applied if p not in tracked]:
                 del pipeline.applied[path]
-        return checkpoint.snapshot(pipeline.registry, pipeline.applied, pipeline.counters())
+
+    state = checkpoint.Snapshotter(pipeline.lock, pipeline.registry, pipeline.applied, pipeline.counters, prune)
 
     def failed(e: BaseException) -> None:
         pipeline.errors.report("checkpoint", cfg.checkpoint_file, e)

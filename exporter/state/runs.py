@@ -71,6 +71,10 @@ class RunRegistry:
     # paths of dropped runs: their next chunk must start a file (the tailer re-reads it from offset 0)
     _dropped: set[str] = field(default_factory=set)
     _refused: set[str] = field(default_factory=set)  # Caffe paths refused by max_runs (counted once each)
+    # chunks fed to each run, and `epoch` bumped by a reload (which rewrites every run's labels and thresholds):
+    # a checkpoint re-encodes only the runs whose count or the epoch moved since its last save
+    changes: Counter[str] = field(default_factory=Counter)
+    epoch: int = 0
 
     def __post_init__(self) -> None:
         self.budget = SeriesBudget(self.limits)
@@ -82,6 +86,7 @@ class RunRegistry:
             if run is None:
                 return 0
         run.read_at = self.clock()
+        self.changes[run.run] += 1  # before feeding: a chunk that raises half-way has changed the run too
         return run.feed(chunk)
 
     def _admit(self, chunk: Chunk) -> RunState | None:
@@ -115,6 +120,7 @@ class RunRegistry:
         """Forget a run (lifecycle): its series, its routes; returns its paths. A dropped path's next chunk
         starts a new run only if it is read from the file's start."""
         run = self.runs.pop(name)
+        self.changes.pop(name, None)
         self.budget.total -= run.series
         for src in run.sources:
             if self._by_path.get(src) is run:
@@ -136,6 +142,7 @@ class RunRegistry:
         """New limits (a reloaded configuration): they apply to series not stored yet; none is removed."""
         self.limits = limits
         self.budget.limits = limits
+        self.epoch += 1
 
     def forget_dropped(self, path: str) -> None:
         """A dropped path that is gone from disk needs no mark any more (keeps the set bounded)."""
