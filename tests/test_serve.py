@@ -406,20 +406,26 @@ def test_300_idle_connections_and_a_slowloris_do_not_delay_a_scrape() -> None:
             loris.join(timeout=15)
 
 
+@contextlib.contextmanager
+def _full(server: Server, n: int) -> Iterator[list[socket.socket]]:
+    """`n` idle connections held open (the server's max_connections) and one more refused."""
+    held = [socket.create_connection(server.address, timeout=10) for _ in range(n)]
+    try:
+        assert _until(lambda: server.open_connections == n)
+        with socket.create_connection(server.address, timeout=10) as extra:
+            assert _closed_by_server(extra)
+        yield held
+    finally:
+        for s in held:
+            s.close()
+
+
 def test_connections_beyond_max_connections_are_closed_at_once() -> None:
-    with serving(max_connections=5) as server:
-        held = [socket.create_connection(server.address, timeout=10) for _ in range(5)]
-        try:
-            assert _until(lambda: server.open_connections == 5)
-            with socket.create_connection(server.address, timeout=10) as extra:
-                assert _closed_by_server(extra)
-            assert server.connections_rejected == 1
-            held.pop().close()
-            assert _until(lambda: server.open_connections == 4)
-            assert _request(server, "GET", "/metrics")[0] == 200
-        finally:
-            for s in held:
-                s.close()
+    with serving(max_connections=5) as server, _full(server, 5) as held:
+        assert server.connections_rejected == 1
+        held.pop().close()
+        assert _until(lambda: server.open_connections == 4)
+        assert _request(server, "GET", "/metrics")[0] == 200
 
 
 def test_shutdown_finishes_the_request_in_flight_then_stops() -> None:
@@ -533,18 +539,10 @@ def test_the_servers_counters_are_exported_as_caffe_exporter_http_metrics() -> N
 
     from exporter.collectors.http import FAMILIES, HttpCollector
 
-    with serving(max_connections=2) as server:
-        held = [socket.create_connection(server.address, timeout=10) for _ in range(2)]
-        try:
-            assert _until(lambda: server.open_connections == 2)
-            with socket.create_connection(server.address, timeout=10) as extra:
-                assert _closed_by_server(extra)
-            metrics = CollectorRegistry()
-            metrics.register(HttpCollector(lambda: {k: getattr(server, k) for k in FAMILIES}))
-            text = generate_latest(metrics).decode()
-        finally:
-            for s in held:
-                s.close()
+    with serving(max_connections=2) as server, _full(server, 2):
+        metrics = CollectorRegistry()
+        metrics.register(HttpCollector(lambda: {k: getattr(server, k) for k in FAMILIES}))
+        text = generate_latest(metrics).decode()
     assert "caffe_exporter_http_connections_rejected_total 1.0" in text
     assert "caffe_exporter_http_open_connections 2.0" in text
     assert "caffe_exporter_http_accept_errors_total 0.0" in text
