@@ -463,6 +463,8 @@ _EMFILE_SCRIPT = textwrap.dedent("""
     server = start_server(make_app(registry, lambda: []), "127.0.0.1", 0)
     print(server.address[1], flush=True)
     sys.stdin.readline()                                  # the test checked a scrape works
+    while server.open_connections:                        # its descriptor freed later would let one accept in
+        time.sleep(0.01)
     resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
     held = []
     while True:
@@ -513,7 +515,9 @@ def test_out_of_descriptors_backs_off_logs_once_and_recovers(tmp_path: Path) -> 
             proc.wait(timeout=10)
     cpu, errors = float(cpu_text), int(errors_text)
     assert cpu < 0.5, f"{cpu:.2f} s of CPU in 2 s out of descriptors: the accept loop spins"
-    assert errors >= 2, "accept() never failed: the descriptors were not exhausted"
+    # >= 1 proves the descriptors were exhausted (how many retries fit in the window depends on the load of the
+    # machine); the retry itself is proven by the reply and the "accepting connections again" line below
+    assert errors >= 1, "accept() never failed: the descriptors were not exhausted"
     assert reply.startswith(b"HTTP/1.1 200 OK") and b'caffe_loss{run="lenet_healthy"} 0.0234004' in reply
     error_lines = [ln for ln in stderr.splitlines() if ln.startswith("ERROR")]
     assert len(error_lines) == 1, stderr
