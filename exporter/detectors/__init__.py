@@ -53,7 +53,7 @@ SUPPRESSIONS: tuple[Suppression, ...] = (
     Suppression("loss_spike", by=("nonfinite", "nan_loss", "exploding"), held=("exploding",)),
 )
 TYPES: tuple[str, ...] = tuple(d.name for d in DETECTORS)
-FORMAT = 2  # of Analysis.to_dict(); another format is refused (the checkpoint is then not used)
+FORMAT = 3  # of Analysis.to_dict(); another format is refused (the checkpoint is then not used)
 
 S = TypeVar("S", bound=Settings)
 _MAX_FINDINGS = ("an integer >= 1", 20)  # max_findings_per_type: expectation, default

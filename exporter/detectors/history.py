@@ -59,14 +59,44 @@ class History:
             "prev_line": self.prev_line,
             "prev_display": self.prev_display,
             "window": [[e.iteration, float(e.l2), float(e.largest), float(e.loss)] for e in self.window],
-            "snapshots": [[[k, v if isinstance(v, str) else float(v)] for k, v in s.items()] for s in self.snapshots],
+            "snapshots": _columns(list(self.snapshots)),
         }
 
     def load(self, d: Mapping[str, Any]) -> None:
         """The state of `to_dict()`; a window longer than this one's keeps its newest entries."""
         self.prev_line, self.prev_display = int(d["prev_line"]), d["prev_display"]
         self.window.extend(Entry(int(i), float(a), float(b), float(c)) for i, a, b, c in d["window"])
-        self.snapshots.extend({str(k): v for k, v in s} for s in d["snapshots"])
+        self.snapshots.extend(_rows(d["snapshots"]))
+
+
+def _columns(snapshots: list[dict[str, str | float]]) -> dict[str, Any]:
+    """The trailing [Backward] values with each layer key written once: five copies of every key were the largest
+    part of a checkpoint. A row whose keys are not in the shared order (never seen: the values only grow) keeps
+    its own pairs, so the restored dicts iterate exactly as the saved ones."""
+    keys: dict[str, None] = {}
+    for snap in snapshots:
+        keys.update(dict.fromkeys(snap))
+    order = list(keys)
+    rows: list[Any] = []
+    for snap in snapshots:
+        if list(snap) == [k for k in order if k in snap]:
+            rows.append([float(snap[k]) if k in snap else None for k in order])
+        else:
+            rows.append({"pairs": [[k, float(v)] for k, v in snap.items()]})
+    return {"keys": order, "rows": rows}
+
+
+def _rows(saved: Mapping[str, Any]) -> list[dict[str, str | float]]:
+    keys = [str(k) for k in saved["keys"]]
+    out: list[dict[str, str | float]] = []
+    for row in saved["rows"]:
+        if isinstance(row, Mapping):
+            out.append({str(k): float(v) for k, v in row["pairs"]})
+        else:
+            if len(row) != len(keys):
+                raise ValueError("a saved backward row does not match its keys")
+            out.append({k: float(v) for k, v in zip(keys, row, strict=True) if v is not None})
+    return out
 
 
 class Streaks:

@@ -34,10 +34,28 @@ def test_the_window_keeps_the_newest_debug_blocks_and_the_previous_display_line(
 def test_a_restored_shorter_window_keeps_the_newest_entries() -> None:
     h = History(3)
     h.load({"prev_line": 5, "prev_display": 4, "window": [[i, 1.0, 2.0, 3.0] for i in range(5)],
-            "snapshots": [[["ip1, param blob 0", "0.5"]] for _ in range(5)]})
-    assert [e.iteration for e in h.window] == [2, 3, 4] and h.snapshots[0] == {"ip1, param blob 0": "0.5"}
+            "snapshots": {"keys": ["ip1, param blob 0"], "rows": [[0.5] for _ in range(5)]}})
+    assert [e.iteration for e in h.window] == [2, 3, 4] and h.snapshots[0] == {"ip1, param blob 0": 0.5}
 
 
 def test_finite_drops_nan_and_inf_only() -> None:
     assert finite(["1", 2.0, "nan", "-inf", "0"]) == [1.0, 2.0, 0.0]
     assert finite([]) == []
+
+
+def test_trailing_backward_values_are_saved_with_each_key_once_and_restore_exactly() -> None:
+    """The checkpoint's largest part was five copies of every layer key; the dicts come back in the same order."""
+    h = History(5)
+    rows: list[dict[str, str | float]] = [
+        {"ip2, bottom blob ip1": 0.25, "ip1, param blob 0": 1e-08},
+        {"ip2, bottom blob ip1": float("nan"), "ip1, param blob 0": float("inf"), "conv1, param blob 0": 3.0},
+        {"conv1, param blob 0": 2.0, "ip2, bottom blob ip1": 0.5},  # another order: kept as its own pairs
+    ]
+    h.snapshots.extend(rows)
+    saved = json.loads(json.dumps(h.to_dict()))
+    assert saved["snapshots"]["keys"] == ["ip2, bottom blob ip1", "ip1, param blob 0", "conv1, param blob 0"]
+    assert saved["snapshots"]["rows"][0] == [0.25, 1e-08, None]
+    back = History(5)
+    back.load(saved)
+    assert [list(s.items()) for s in back.snapshots][2] == list(rows[2].items())
+    assert json.dumps([list(s.items()) for s in back.snapshots]) == json.dumps([list(s.items()) for s in rows])
