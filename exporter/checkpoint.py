@@ -305,7 +305,8 @@ class Snapshotter:
 
 @dataclass
 class Checkpointer:
-    """Saves at most every `interval` seconds, and once more at shutdown.
+    """One save of the checkpoint file; the daemon calls it every `interval` seconds while chunks arrive, and
+    once more at shutdown.
 
     `state()` returns the checkpoint to save (a mapping, or its bytes from a `Snapshotter`, which takes the
     pipeline lock itself), or None when no consistent snapshot can be taken right now (the save is then
@@ -321,13 +322,6 @@ class Checkpointer:
     on_error: Callable[[BaseException], None] = lambda e: None
     on_success: Callable[[], None] = lambda: None
     last_save: float = field(default=0.0)
-
-    def due(self) -> bool:
-        return self.clock() - self.last_save >= self.interval
-
-    def maybe_save(self) -> None:
-        if self.due():
-            self.save()
 
     def save(self) -> bool:
         self.last_save = self.clock()

@@ -36,7 +36,6 @@ class Pipeline:
     lines: LineStats = field(default_factory=LineStats)
     lock: threading.Lock = field(default_factory=threading.Lock)
     errors: StageErrors = field(default_factory=StageErrors)
-    after_chunk: Callable[[], None] | None = None  # called under the lock once a chunk is applied (checkpoints)
     # per path, where the lines applied to the run state end (what a checkpoint may save)
     applied: dict[str, FilePosition] = field(default_factory=dict)
     generation: int = 0  # chunks applied so far: a checkpoint is due only when it moved
@@ -76,8 +75,6 @@ class Pipeline:
         self.generation += 1
         if chunk.end is not None:
             self.applied[chunk.path] = chunk.end
-        if self.after_chunk is not None:
-            self.after_chunk()
 
     def counters(self) -> dict[str, float]:
         """The exporter's own counters that continue across restarts (saved in checkpoints); call under the lock."""
